@@ -1,0 +1,33 @@
+"""Compiled hot-path kernels: hashing, numeric transforms, masked top-k, exploration.
+
+Each op has a NumPy reference (the test oracle and the fallback) and, where it pays,
+Cython and/or Numba versions; one backend per op is chosen at import (see ``_backend``).
+This package imports nothing else of nudgeserve.
+"""
+
+from ._backend import REGISTRY, chosen_backends, default_profile_path
+from ._threads import get_num_threads, set_num_threads
+from .hashing import hash_categorical, murmurhash3_32
+from .sampling import epsilon_greedy_slate, plackett_luce_slate, thompson_bernoulli_slate
+from .topk import topk
+from .transforms import bucketize, clip, log1p, standardize
+from ._warmup import warmup
+
+__all__ = [
+    "REGISTRY",
+    "bucketize",
+    "chosen_backends",
+    "clip",
+    "default_profile_path",
+    "epsilon_greedy_slate",
+    "get_num_threads",
+    "hash_categorical",
+    "log1p",
+    "murmurhash3_32",
+    "plackett_luce_slate",
+    "set_num_threads",
+    "standardize",
+    "thompson_bernoulli_slate",
+    "topk",
+    "warmup",
+]

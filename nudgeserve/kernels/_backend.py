@@ -1,0 +1,190 @@
+"""Choose one backend (cython / numba / numpy) per kernel op, once, at import.
+
+Order of precedence, highest first:
+
+1. ``NUDGESERVE_KERNELS``: either one backend for every op (``numpy``) or a per-op list
+   (``topk=cython,hash_categorical=numba``). An unknown backend or op is an error, so a
+   typo never silently benchmarks the wrong code.
+2. The machine profile written by ``nudgeserve bench-kernels --write-profile`` (JSON
+   ``{"op": "backend"}``) at ``NUDGESERVE_KERNEL_PROFILE`` or the default path below.
+3. The built-in order ``DEFAULT_ORDER``: compiled first, NumPy last.
+
+A backend that cannot be imported (compiled module not built, numba missing) is skipped
+with a warning unless it was forced by ``NUDGESERVE_KERNELS``, in which case the import
+error is raised: forcing a backend that is not there must fail loudly.
+
+This module reads the environment itself because ``kernels`` imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("cython", "numba", "numpy")
+DEFAULT_ORDER = ("cython", "numba", "numpy")
+
+# Environment variable that forces backends (see module docstring).
+ENV_FORCE = "NUDGESERVE_KERNELS"
+# Environment variable naming the profile JSON file.
+ENV_PROFILE = "NUDGESERVE_KERNEL_PROFILE"
+
+
+def default_profile_path() -> Path:
+    """Where ``bench-kernels --write-profile`` writes and import reads the profile."""
+    override = os.environ.get(ENV_PROFILE)
+    if override:
+        return Path(override)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "nudgeserve" / "kernel-profile.json"
+
+
+def _parse_force(value: str, known_ops: set[str] | None = None) -> dict[str, str] | str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if "=" not in value:
+        if value not in BACKENDS:
+            raise ValueError(f"{ENV_FORCE}={value!r}: backend must be one of {BACKENDS}")
+        return value
+    forced: dict[str, str] = {}
+    for part in value.split(","):
+        op, _, backend = part.partition("=")
+        op, backend = op.strip(), backend.strip()
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"{ENV_FORCE}: backend for {op!r} is {backend!r}; must be one of {BACKENDS}"
+            )
+        if known_ops is not None and op not in known_ops:
+            raise ValueError(f"{ENV_FORCE}: unknown op {op!r}; known ops: {sorted(known_ops)}")
+        forced[op] = backend
+    return forced
+
+
+def _load_profile() -> dict[str, str]:
+    path = default_profile_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"ignoring unreadable kernel profile {path}: {exc}", stacklevel=3)
+        return {}
+    choices = data.get("choices", data) if isinstance(data, dict) else {}
+    return {k: v for k, v in choices.items() if isinstance(v, str) and v in BACKENDS}
+
+
+class Registry:
+    """Every op's loaders and the backend chosen for it."""
+
+    def __init__(self) -> None:
+        self._loaders: dict[str, dict[str, Callable[[], Callable[..., Any]]]] = {}
+        self._chosen: dict[str, tuple[str, Callable[..., Any]]] = {}
+        self._profile: dict[str, str] | None = None
+        self._examples: dict[str, Callable[[str], tuple[tuple, dict]]] = {}
+
+    def register(
+        self,
+        op: str,
+        loaders: dict[str, Callable[[], Callable[..., Any]]],
+        example: Callable[[str], tuple[tuple, dict]],
+    ) -> None:
+        """Register lazy loaders (each returns the implementation) for ``op``.
+
+        Every backend implementation of an op takes the same, already validated arguments.
+        ``example(size)`` returns ``(args, kwargs)`` for those implementations, with
+        ``size`` ``"small"`` (warm-up: compiles every Numba signature the op uses) or
+        ``"typical"`` (a serving-sized input, timed to write the machine profile).
+        """
+        unknown = set(loaders) - set(BACKENDS)
+        if unknown:
+            raise ValueError(f"op {op!r}: unknown backends {sorted(unknown)}")
+        if "numpy" not in loaders:
+            raise ValueError(f"op {op!r}: a numpy reference implementation is required")
+        self._loaders[op] = loaders
+        self._examples[op] = example
+        self._chosen.pop(op, None)
+
+    def example(self, op: str, size: str) -> tuple[tuple, dict]:
+        """Arguments for ``op``'s implementations (see ``register``)."""
+        return self._examples[op](size)
+
+    @property
+    def ops(self) -> list[str]:
+        return sorted(self._loaders)
+
+    def implementations(self, op: str) -> dict[str, Callable[..., Any]]:
+        """All importable implementations of ``op`` by backend (for tests and benchmarks)."""
+        found = {}
+        for backend, load in self._loaders[op].items():
+            try:
+                found[backend] = load()
+            except ImportError:
+                continue
+        return found
+
+    def get(self, op: str) -> Callable[..., Any]:
+        """The implementation chosen for ``op`` (chosen once, then cached)."""
+        hit = self._chosen.get(op)
+        if hit is None:
+            hit = self._choose(op)
+            self._chosen[op] = hit
+        return hit[1]
+
+    def backend(self, op: str) -> str:
+        """Name of the backend chosen for ``op``."""
+        self.get(op)
+        return self._chosen[op][0]
+
+    def reset(self) -> None:
+        """Forget every choice (tests and the profiler re-read the environment)."""
+        self._chosen.clear()
+        self._profile = None
+
+    def _choose(self, op: str) -> tuple[str, Callable[..., Any]]:
+        loaders = self._loaders[op]
+        forced = _parse_force(os.environ.get(ENV_FORCE, ""), set(self._loaders))
+        want = forced if isinstance(forced, str) else (forced or {}).get(op)
+        if want is not None:
+            if want in loaders:
+                return want, loaders[want]()  # ImportError propagates: forced means forced
+            if isinstance(forced, str):
+                # One backend for all ops: an op without it runs its reference, so
+                # NUDGESERVE_KERNELS=cython does not fail on a numba-only op.
+                return "numpy", loaders["numpy"]()
+            raise ValueError(
+                f"{ENV_FORCE}: op {op!r} has no {want!r} backend; it has {sorted(loaders)}"
+            )
+        if self._profile is None:
+            self._profile = _load_profile()
+        order = list(DEFAULT_ORDER)
+        preferred = self._profile.get(op)
+        if preferred in loaders:
+            order.remove(preferred)
+            order.insert(0, preferred)
+        for backend in order:
+            if backend not in loaders:
+                continue
+            try:
+                return backend, loaders[backend]()
+            except ImportError as exc:
+                if backend != "numpy":
+                    warnings.warn(
+                        f"kernel {op!r}: {backend} backend unavailable ({exc}); falling back",
+                        stacklevel=4,
+                    )
+                    continue
+                raise
+        raise ImportError(f"no backend available for op {op!r}")
+
+
+REGISTRY = Registry()
+
+
+def chosen_backends() -> dict[str, str]:
+    """``{op: backend}`` for every registered op (resolves any op not yet chosen)."""
+    return {op: REGISTRY.backend(op) for op in REGISTRY.ops}
