@@ -1,0 +1,378 @@
+"""NumPy references for the exploration samplers: the test oracle and the last fallback.
+
+Every public function here is one backend of a registered op and takes the arguments
+``sampling.py`` has already validated (C-contiguous arrays of the stated dtypes):
+
+- ``epsilon_greedy_slate(scores, k, epsilon, seeds, mask, n_threads)``
+- ``plackett_luce_slate(scores, k, temperature, seeds, mask, n_threads)``
+  with ``scores: float32[B, N]``, ``seeds: uint64[B]``, ``mask: bool[B, N] | None``;
+  both return ``(indices: int64[B, k], propensities: float64[B, k])``.
+- ``thompson_draw(alpha, beta, k, seeds, mask, n_threads) -> indices: int64[B, k]`` with
+  ``alpha, beta: float64[A, N]``, ``A`` either 1 (shared by every row) or ``B``.
+- ``thompson_slot_probabilities(alpha, beta, valid, k, n_mc_draws, n_threads)
+  -> float64[U, k, N]`` for ``U`` distinct parameter rows ``alpha, beta: float64[U, N]``,
+  ``valid: bool[U, N]``.
+
+``n_threads`` is accepted for a uniform signature and ignored here. The semantics (which
+random numbers decide what) are defined here and repeated exactly by the numba kernels;
+see each function. Draws come from ``_rng`` (one counter-based stream per row).
+
+A candidate is valid when it is not masked and its score is not NaN; ``-inf`` is a valid
+(lowest) score. Slots a row cannot fill get index ``-1`` and propensity ``NaN``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _rng
+from ._topk_ref import topk as _topk_ref
+
+PAD_INDEX = -1
+PAD_PROPENSITY = np.nan
+
+# Plackett-Luce: weights are exp(z - m) for a running maximum m; when the largest
+# remaining z falls this far below m, the weights are recomputed from it so that the
+# remaining ones do not underflow (exp(-600) is still a normal double).
+PL_RESCALE_GAP = 600.0
+
+# Gamma draws (Marsaglia & Tsang 2000): each draw owns GAMMA_BLOCK consecutive counters;
+# attempt t uses 3t, 3t+1, 3t+2 (two for the Box-Muller normal, one for acceptance);
+# the last counter is the extra uniform of the a < 1 boost. The acceptance probability is
+# above 0.95 for every shape, so MAX_ATTEMPTS failures (probability < 1e-80) never happen;
+# if they did the draw would be its mode.
+GAMMA_BLOCK = 256
+MAX_ATTEMPTS = 64
+BOOST_COUNTER = GAMMA_BLOCK - 1
+# The stream key for the Monte-Carlo propensities of later Thompson slots: fixed, so the
+# estimate is a function of the posteriors and the mask alone (not of a request's seed).
+MC_SEED = 0x74686F6D70736F6E
+
+# Quadrature of P(arm i has the largest draw), in logit space (see _top_probabilities).
+QUAD_DROP = 36.0  # log-density drop that bounds each arm's support (e^-36 ~ 2e-16)
+QUAD_POINTS_PER_SCALE = 8  # grid points per posterior standard deviation (logit space)
+QUAD_MAX_POINTS = 1 << 16
+QUAD_MAX_CELLS = 1 << 21  # arms x grid points held at once
+
+
+def _valid(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    valid = ~np.isnan(scores)
+    if mask is not None:
+        valid &= ~mask
+    return valid
+
+
+def epsilon_greedy_slate(
+    scores: np.ndarray,
+    k: int,
+    epsilon: float,
+    seeds: np.ndarray,
+    mask: np.ndarray | None,
+    n_threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: draw 0 < epsilon explores, else the greedy top-k.
+
+    Exploring is a partial Fisher-Yates shuffle of the row's valid indices (ascending):
+    slot s swaps position s with position ``s + floor(u_{1+s} * (n_valid - s))``.
+    Propensity of slot s: ``(1 - epsilon) * [greedy slot s holds it] + epsilon / n_valid``.
+    """
+    n_rows, n_cols = scores.shape
+    indices = np.full((n_rows, k), PAD_INDEX, dtype=np.int64)
+    props = np.full((n_rows, k), PAD_PROPENSITY, dtype=np.float64)
+    if n_rows == 0 or k == 0:
+        return indices, props
+    valid = _valid(scores, mask)
+    n_valid = valid.sum(axis=1)
+    greedy, _ = _topk_ref(scores, k, mask)
+    keys = _rng.row_keys(seeds)
+    explore = _rng.uniforms(keys, 0) < epsilon
+    pool = np.argsort(~valid, axis=1, kind="stable")  # valid indices first, ascending
+    rows = np.arange(n_rows)
+    take = min(k, n_cols)
+    for s in range(take):
+        remaining = n_valid - s
+        active = remaining > 0
+        u = _rng.uniforms(keys, 1 + s)
+        offset = np.minimum(np.floor(u * remaining), remaining - 1)
+        j = np.where(active, s + offset.astype(np.int64), s)
+        a, b = pool[rows, s].copy(), pool[rows, j].copy()
+        pool[rows, s], pool[rows, j] = b, a
+    filled = np.arange(take)[None, :] < n_valid[:, None]
+    chosen = np.where(explore[:, None], pool[:, :take], greedy[:, :take])
+    indices[:, :take] = np.where(filled, chosen, PAD_INDEX)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uniform = epsilon / n_valid
+    is_greedy = (indices[:, :take] == greedy[:, :take]).astype(np.float64)
+    p = (1.0 - epsilon) * is_greedy + uniform[:, None]
+    props[:, :take] = np.where(filled, p, PAD_PROPENSITY)
+    return indices, props
+
+
+def plackett_luce_slate(
+    scores: np.ndarray,
+    k: int,
+    temperature: float,
+    seeds: np.ndarray,
+    mask: np.ndarray | None,
+    n_threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax sampling without replacement, slot by slot.
+
+    With ``z = float64(score) / temperature`` and ``m`` the largest z still remaining,
+    slot s weighs each remaining valid item ``exp(z - m)`` (when ``m`` is infinite: 1 for
+    the items at ``m``, 0 for the rest, the limit of the softmax), sums the weights in
+    index order (cumulative ``c``, total ``S``), and takes the first item with
+    ``c > u_s * S``. Its propensity is ``w / S``: the probability of that item at that
+    slot given the items above it.
+    """
+    n_rows, n_cols = scores.shape
+    indices = np.full((n_rows, k), PAD_INDEX, dtype=np.int64)
+    props = np.full((n_rows, k), PAD_PROPENSITY, dtype=np.float64)
+    if n_rows == 0 or k == 0 or n_cols == 0:
+        return indices, props
+    remaining = _valid(scores, mask)
+    z = scores.astype(np.float64) / temperature
+    keys = _rng.row_keys(seeds)
+    rows = np.arange(n_rows)
+    for s in range(min(k, n_cols)):
+        active = remaining.any(axis=1)
+        if not active.any():
+            break
+        zr = np.where(remaining, z, -np.inf)
+        m = zr.max(axis=1)
+        finite = np.isfinite(m)
+        with np.errstate(invalid="ignore", over="ignore"):
+            w = np.where(
+                finite[:, None],
+                np.exp(zr - np.where(finite, m, 0.0)[:, None]),
+                (remaining & (z == m[:, None])).astype(np.float64),
+            )
+        cum = np.cumsum(w, axis=1)
+        total = cum[:, -1]
+        u = _rng.uniforms(keys, s)
+        above = cum > (u * total)[:, None]
+        # Rounding can leave u * S == S: then the last item with weight takes the slot.
+        last_positive = n_cols - 1 - np.argmax((w > 0)[:, ::-1], axis=1)
+        pick = np.where(above.any(axis=1), np.argmax(above, axis=1), last_positive)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = w[rows, pick] / total
+        indices[:, s] = np.where(active, pick, PAD_INDEX)
+        props[:, s] = np.where(active, p, PAD_PROPENSITY)
+        remaining[rows[active], pick[active]] = False
+    return indices, props
+
+
+def log_gamma_draws(keys: np.ndarray, blocks: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """log of Gamma(shape, 1) draws; all arguments broadcast to one shape.
+
+    keys: uint64[...] stream keys; blocks: uint64[...] which GAMMA_BLOCK of the stream each
+    draw uses; shape: float64[...] > 0. Returns float64[...] (never NaN).
+    """
+    keys, blocks, shape = np.broadcast_arrays(
+        np.asarray(keys, np.uint64), np.asarray(blocks, np.uint64), np.asarray(shape, np.float64)
+    )
+    keys, blocks, shape = keys.ravel(), blocks.ravel(), shape.ravel()
+    boost = shape < 1.0
+    a = np.where(boost, shape + 1.0, shape)
+    d = a - 1.0 / 3.0
+    c = 1.0 / np.sqrt(9.0 * d)
+    base = blocks * np.uint64(GAMMA_BLOCK)
+    out = np.log(d)  # the mode; kept only if every attempt were rejected
+    pending = np.arange(shape.size)
+    for t in range(MAX_ATTEMPTS):
+        if pending.size == 0:
+            break
+        kp, bp, dp, cp = keys[pending], base[pending], d[pending], c[pending]
+        u1 = _rng.uniforms(kp, bp + np.uint64(3 * t))
+        u2 = _rng.uniforms(kp, bp + np.uint64(3 * t + 1))
+        u3 = _rng.uniforms(kp, bp + np.uint64(3 * t + 2))
+        x = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        v = 1.0 + cp * x
+        positive = v > 0.0
+        v = np.where(positive, v, 1.0)
+        v = v * v * v
+        accept = positive & (np.log(u3) < 0.5 * x * x + dp - dp * v + dp * np.log(v))
+        out[pending[accept]] = np.log(dp[accept]) + np.log(v[accept])
+        pending = pending[~accept]
+    if boost.any():
+        ub = _rng.uniforms(keys[boost], base[boost] + np.uint64(BOOST_COUNTER))
+        out[boost] = out[boost] + np.log(ub) / shape[boost]
+    return out.reshape(np.shape(shape))
+
+
+def _thompson_keys(alpha: np.ndarray, beta: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """delta = log X - log Y for X ~ Gamma(alpha), Y ~ Gamma(beta) per (row, arm).
+
+    theta = X / (X + Y) ~ Beta(alpha, beta) is increasing in delta, and ranking by delta
+    never rounds distinct draws near 1 into ties. keys: uint64[B]; returns float64[B, N].
+    """
+    n_cols = alpha.shape[1]
+    arm = np.arange(n_cols, dtype=np.uint64)[None, :]
+    lx = log_gamma_draws(keys[:, None], 2 * arm, alpha)
+    ly = log_gamma_draws(keys[:, None], 2 * arm + np.uint64(1), beta)
+    delta = lx - ly
+    return np.where(np.isnan(delta), 0.0, delta)  # both draws -inf: call it a tie
+
+
+def _rank(delta: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
+    """Top-k of float64 ``delta[B, N]`` among ``valid``; ties to the lower index; -1 pads."""
+    n_rows, n_cols = delta.shape
+    out = np.full((n_rows, k), PAD_INDEX, dtype=np.int64)
+    take = min(k, n_cols)
+    if take == 0:
+        return out
+    order = np.argsort(np.where(valid, -delta, np.nan), axis=1, kind="stable")[:, :take]
+    filled = np.arange(take)[None, :] < valid.sum(axis=1)[:, None]
+    out[:, :take] = np.where(filled, order, PAD_INDEX)
+    return out
+
+
+def thompson_draw(
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    k: int,
+    seeds: np.ndarray,
+    mask: np.ndarray | None,
+    n_threads: int = 1,
+) -> np.ndarray:
+    """Draw theta ~ Beta(alpha, beta) per row and arm; return the top-k arms per row.
+
+    alpha, beta: float64[A, N] with A = 1 (shared) or B; seeds: uint64[B];
+    mask: bool[B, N] or None. Arm i of a row draws log X from Gamma block 2i and log Y
+    from block 2i + 1 of the row's stream. Returns int64[B, k].
+    """
+    n_rows = seeds.shape[0]
+    n_cols = alpha.shape[1]
+    if n_rows == 0 or k == 0:
+        return np.full((n_rows, k), PAD_INDEX, dtype=np.int64)
+    a = np.broadcast_to(alpha, (n_rows, n_cols))
+    b = np.broadcast_to(beta, (n_rows, n_cols))
+    delta = _thompson_keys(a, b, _rng.row_keys(seeds))
+    valid = np.ones((n_rows, n_cols), dtype=bool) if mask is None else ~mask
+    return _rank(delta, valid, k)
+
+
+def _log_sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.minimum(z, 0.0) - np.log1p(np.exp(-np.abs(z)))
+
+
+def _support(a: np.ndarray, b: np.ndarray, log_norm: np.ndarray, center: np.ndarray,
+             scale: np.ndarray, direction: float) -> np.ndarray:
+    """Where each arm's logit-space log density has dropped QUAD_DROP below its peak."""
+
+    def log_density(z):
+        return a * _log_sigmoid(z) + b * _log_sigmoid(-z) - log_norm
+
+    target = log_density(center) - QUAD_DROP
+    step = scale.copy()
+    for _ in range(80):  # log-concave: doubling brackets the point, bisection finds it
+        short = log_density(center + direction * step) > target
+        if not short.any():
+            break
+        step = np.where(short, 2.0 * step, step)
+    near, far = np.zeros_like(step), step
+    for _ in range(60):
+        mid = 0.5 * (near + far)
+        above = log_density(center + direction * mid) > target
+        near = np.where(above, mid, near)
+        far = np.where(above, far, mid)
+    return center + direction * far
+
+
+def top_probabilities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """P(arm i has the largest draw) for independent ``Beta(a[i], b[i])``, ``float64[n]``.
+
+    P_i = integral of f_i(x) * prod_{j != i} F_j(x) dx, computed in logit space
+    ``z = log(x / (1 - x))``, where each Beta density ``g_j(z) = sigmoid(z)^a
+    sigmoid(-z)^b / B(a, b)`` is smooth and log-concave (no endpoint singularities, even
+    for a, b < 1): on one uniform grid spanning where the largest draw can be, with
+    QUAD_POINTS_PER_SCALE points per posterior standard deviation of the sharpest arm
+    that matters, the CDFs come from cumulative trapezoids with the end correction
+    ``h^2/12 (g'(left) - g'(right))`` (fourth order), integrated down from the top so arms
+    mostly below the grid are right too, and P_i from the trapezoid rule, which is
+    spectrally accurate here because the integrand vanishes at both ends. Agrees with
+    closed forms to ~1e-8 in the tests. When the grid would exceed QUAD_MAX_POINTS (or
+    QUAD_MAX_CELLS cells; only with posteriors of wildly different widths) it is
+    coarsened, and accuracy degrades gracefully.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    n = a.shape[0]
+    if n <= 1:
+        return np.ones(n)
+    log_norm = np.array([math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+                         for x, y in zip(a.tolist(), b.tolist(), strict=True)])
+    center = np.log(a) - np.log(b)
+    scale = np.sqrt(1.0 / a + 1.0 / b)
+    lo = _support(a, b, log_norm, center, scale, -1.0)
+    hi = _support(a, b, log_norm, center, scale, +1.0)
+    z_lo, z_hi = lo.max(), hi.max()
+    relevant = hi > z_lo
+    h = scale[relevant].min() / QUAD_POINTS_PER_SCALE
+    n_points = int(min(math.ceil((z_hi - z_lo) / h) + 1, QUAD_MAX_POINTS,
+                       max(QUAD_MAX_CELLS // n, 64)))
+    z, h = np.linspace(z_lo, z_hi, n_points, retstep=True)
+    ls_pos, ls_neg = _log_sigmoid(z), _log_sigmoid(-z)
+    g = np.exp(a[:, None] * ls_pos + b[:, None] * ls_neg - log_norm[:, None])
+    slope = a[:, None] * np.exp(ls_neg) - b[:, None] * np.exp(ls_pos)  # d log g / dz
+    dg = g * slope
+    cells = 0.5 * h * (g[:, :-1] + g[:, 1:]) + (h * h / 12.0) * (dg[:, :-1] - dg[:, 1:])
+    above = np.zeros_like(g)
+    above[:, :-1] = np.cumsum(cells[:, ::-1], axis=1)[:, ::-1]
+    cdf = np.clip(1.0 - above, 0.0, 1.0)
+    prefix = np.ones_like(cdf)
+    prefix[1:] = np.cumprod(cdf[:-1], axis=0)
+    suffix = np.ones_like(cdf)
+    suffix[:-1] = np.cumprod(cdf[:0:-1], axis=0)[::-1]
+    integrand = g * prefix * suffix
+    p = h * (integrand.sum(axis=1) - 0.5 * (integrand[:, 0] + integrand[:, -1]))
+    return np.clip(p, 0.0, 1.0)
+
+
+def thompson_slot_probabilities(
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    valid: np.ndarray,
+    k: int,
+    n_mc_draws: int,
+    n_threads: int = 1,
+) -> np.ndarray:
+    """Per distinct parameter row: the probability of each arm at each slot.
+
+    alpha, beta: float64[U, N]; valid: bool[U, N]. Returns float64[U, k, N]:
+    slot 0 from ``top_probabilities`` (quadrature); slots 1.. a Monte-Carlo estimate
+    over ``n_mc_draws`` slates drawn from the fixed MC_SEED stream (draw m, arm i uses
+    Gamma blocks 2(mN + i) and 2(mN + i) + 1), ``max(count, 0.5) / n_mc_draws`` so an
+    unseen arm never gets 0; NaN when ``n_mc_draws == 0``. Invalid arms get 0.
+    """
+    n_rows, n_cols = alpha.shape
+    table = np.zeros((n_rows, k, n_cols), dtype=np.float64)
+    if k == 0 or n_cols == 0:
+        return table
+    for u in range(n_rows):
+        arms = np.flatnonzero(valid[u])
+        if arms.size == 0:
+            continue
+        table[u, 0, arms] = top_probabilities(alpha[u, arms], beta[u, arms])
+    if k == 1:
+        return table
+    if n_mc_draws == 0:
+        table[:, 1:, :] = np.nan
+        return table
+    key = _rng.row_keys(np.array([MC_SEED], dtype=np.uint64))
+    draw = np.arange(n_mc_draws, dtype=np.uint64)[:, None]
+    arm = np.arange(n_cols, dtype=np.uint64)[None, :]
+    block = 2 * (draw * np.uint64(n_cols) + arm)
+    for u in range(n_rows):
+        lx = log_gamma_draws(key, block, alpha[u][None, :])
+        ly = log_gamma_draws(key, block + np.uint64(1), beta[u][None, :])
+        delta = lx - ly
+        delta = np.where(np.isnan(delta), 0.0, delta)
+        ranked = _rank(delta, np.broadcast_to(valid[u], delta.shape), k)
+        for s in range(1, k):
+            picked = ranked[:, s]
+            counts = np.bincount(picked[picked >= 0], minlength=n_cols).astype(np.float64)
+            table[u, s] = np.where(valid[u], np.maximum(counts, 0.5) / n_mc_draws, 0.0)
+    return table

@@ -1,0 +1,179 @@
+"""Numba numeric transforms; same arguments and results as ``_transforms_ref``.
+
+Each op is a serial kernel over a range of rows (or elements) plus a ``parallel=True``
+driver that splits the range into chunks; the Python entry point picks the driver only
+for inputs large enough to pay for starting threads. No ``fastmath``: results must stay
+bit-identical to the reference.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+
+# Below these sizes (elements) one thread is faster than starting the thread team: the
+# cheap ops are memory-bound and only pay off on large matrices.
+PARALLEL_MIN_ELEMENTS = {
+    "standardize": 1 << 21,
+    "clip": 1 << 21,
+    "log1p": 1 << 15,
+    "bucketize": 1 << 15,
+}
+# Chunks per thread: evens out threads that start late.
+_CHUNKS_PER_THREAD = 4
+
+_OPTS = {"cache": True, "nogil": True}
+_F32_0 = np.float32(0.0)
+_F32_M1 = np.float32(-1.0)
+_F32_INF = np.float32(np.inf)
+LOG1P_FLOOR = np.float32(np.log1p(np.float64(np.nextafter(np.float32(-1), np.float32(0)))))
+LOG1P_CEIL = np.float32(np.log1p(np.float64(np.finfo(np.float32).max)))
+
+# Inputs are typed read-only so read-only arrays are accepted; writable ones convert free.
+_RO_F32_1D = types.Array(types.float32, 1, "C", readonly=True)
+_RO_F32_2D = types.Array(types.float32, 2, "C", readonly=True)
+_F32_1D, _F32_2D = types.float32[::1], types.float32[:, ::1]
+_f32, _i64, _void = types.float32, types.int64, types.void
+
+
+@njit(_void(_RO_F32_2D, _RO_F32_1D, _RO_F32_1D, _f32, _F32_2D, _i64, _i64), **_OPTS)
+def _standardize_rows(x, mean, std, max_z, out, lo, hi):
+    neg = -max_z
+    for i in range(lo, hi):
+        for j in range(x.shape[1]):
+            z = (x[i, j] - mean[j]) / std[j]
+            z = max_z if z > max_z else z
+            z = neg if z < neg else z
+            out[i, j] = _F32_0 if z != z else z
+
+
+@njit(_void(_RO_F32_2D, _RO_F32_1D, _RO_F32_1D, _f32, _F32_2D, _i64), parallel=True, **_OPTS)
+def _standardize_parallel(x, mean, std, max_z, out, n_chunks):
+    n = x.shape[0]
+    for c in prange(n_chunks):
+        _standardize_rows(x, mean, std, max_z, out, c * n // n_chunks, (c + 1) * n // n_chunks)
+
+
+@njit(_void(_RO_F32_2D, _RO_F32_1D, _RO_F32_1D, _RO_F32_1D, _F32_2D, _i64, _i64), **_OPTS)
+def _clip_rows(x, low, high, nan_fill, out, lo, hi):
+    for i in range(lo, hi):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            v = low[j] if v < low[j] else v
+            v = high[j] if v > high[j] else v
+            out[i, j] = nan_fill[j] if v != v else v
+
+
+@njit(
+    _void(_RO_F32_2D, _RO_F32_1D, _RO_F32_1D, _RO_F32_1D, _F32_2D, _i64),
+    parallel=True,
+    **_OPTS,
+)
+def _clip_parallel(x, low, high, nan_fill, out, n_chunks):
+    n = x.shape[0]
+    for c in prange(n_chunks):
+        _clip_rows(x, low, high, nan_fill, out, c * n // n_chunks, (c + 1) * n // n_chunks)
+
+
+@njit(_void(_RO_F32_1D, _F32_1D, _i64, _i64), **_OPTS)
+def _log1p_range(x, out, lo, hi):
+    for i in range(lo, hi):
+        v = x[i]
+        if v != v:
+            out[i] = _F32_0
+        elif v <= _F32_M1:
+            out[i] = LOG1P_FLOOR
+        elif v == _F32_INF:
+            out[i] = LOG1P_CEIL
+        else:
+            out[i] = np.float32(np.log1p(np.float64(v)))
+
+
+@njit(_void(_RO_F32_1D, _F32_1D, _i64), parallel=True, **_OPTS)
+def _log1p_parallel(x, out, n_chunks):
+    n = x.shape[0]
+    for c in prange(n_chunks):
+        _log1p_range(x, out, c * n // n_chunks, (c + 1) * n // n_chunks)
+
+
+_BUCKET_OUTS = (types.int32[::1], types.int64[::1])
+
+
+@njit([_void(_RO_F32_1D, _RO_F32_1D, out, _i64, _i64) for out in _BUCKET_OUTS], **_OPTS)
+def _bucketize_range(x, boundaries, out, lo, hi):
+    n_bounds = boundaries.shape[0]
+    for i in range(lo, hi):
+        v = x[i]
+        if v != v:
+            out[i] = n_bounds + 1
+            continue
+        if n_bounds == 0:
+            out[i] = 0
+            continue
+        # Branch-free upper bound: the step count depends only on n_bounds and each
+        # step is a conditional move, so random x costs no mispredictions.
+        base = 0
+        size = n_bounds
+        while size > 1:
+            half = size >> 1
+            base = base + half if boundaries[base + half] <= v else base
+            size -= half
+        out[i] = base + (1 if boundaries[base] <= v else 0)
+
+
+@njit([_void(_RO_F32_1D, _RO_F32_1D, out, _i64) for out in _BUCKET_OUTS], parallel=True, **_OPTS)
+def _bucketize_parallel(x, boundaries, out, n_chunks):
+    n = x.shape[0]
+    for c in prange(n_chunks):
+        _bucketize_range(x, boundaries, out, c * n // n_chunks, (c + 1) * n // n_chunks)
+
+
+def _chunks(op: str, n_threads: int, size: int) -> int:
+    """0 = run the serial kernel; otherwise the chunk count, with Numba's pool capped."""
+    if n_threads <= 1 or size < PARALLEL_MIN_ELEMENTS[op]:
+        return 0
+    team = min(n_threads, numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != team:
+        numba.set_num_threads(team)
+    return team * _CHUNKS_PER_THREAD
+
+
+def standardize(x, mean, std, max_z, out, n_threads: int = 1):
+    """See ``_transforms_ref.standardize``."""
+    n_chunks = _chunks("standardize", n_threads, x.size)
+    if n_chunks:
+        _standardize_parallel(x, mean, std, np.float32(max_z), out, n_chunks)
+    else:
+        _standardize_rows(x, mean, std, np.float32(max_z), out, 0, x.shape[0])
+    return out
+
+
+def clip(x, low, high, nan_fill, out, n_threads: int = 1):
+    """See ``_transforms_ref.clip``."""
+    n_chunks = _chunks("clip", n_threads, x.size)
+    if n_chunks:
+        _clip_parallel(x, low, high, nan_fill, out, n_chunks)
+    else:
+        _clip_rows(x, low, high, nan_fill, out, 0, x.shape[0])
+    return out
+
+
+def log1p(x, out, n_threads: int = 1):
+    """See ``_transforms_ref.log1p``."""
+    n_chunks = _chunks("log1p", n_threads, x.size)
+    if n_chunks:
+        _log1p_parallel(x, out, n_chunks)
+    else:
+        _log1p_range(x, out, 0, x.shape[0])
+    return out
+
+
+def bucketize(x, boundaries, out, n_threads: int = 1):
+    """See ``_transforms_ref.bucketize``."""
+    n_chunks = _chunks("bucketize", n_threads, x.size)
+    if n_chunks:
+        _bucketize_parallel(x, boundaries, out, n_chunks)
+    else:
+        _bucketize_range(x, boundaries, out, 0, x.shape[0])
+    return out

@@ -1,0 +1,197 @@
+"""Checkpoints: ``<name>.safetensors`` (weights) + ``<name>.json`` (``CheckpointMetadata``).
+
+Weights are never unpickled (safetensors holds raw tensors only). The metadata records
+the weights' SHA-256, so a truncated or swapped weights file is refused before use, and
+the feature spec, so a caller expecting another spec gets ``FeatureSpecMismatch``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .datasets import file_sha256
+from .errors import CheckpointError, FeatureSpecMismatch
+from .features import HillstromFeaturizer, ObdFeaturizer
+from .nets import ObdClickModel, UpliftModel
+from .specs import (
+    CHECKPOINT_FORMAT_VERSION,
+    CheckpointMetadata,
+    FeatureSpec,
+    HillstromArchitecture,
+    HillstromFeatureSpec,
+    ObdArchitecture,
+    ObdFeatureSpec,
+    spec_differences,
+)
+
+DEFAULT_CHECKPOINTS = ("obd", "hillstrom")
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, metadata)`` paths of a checkpoint named by either file or their stem."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def build_module(metadata: CheckpointMetadata) -> nn.Module:
+    """An untrained module shaped as ``metadata`` says (weights are loaded into it)."""
+    spec, arch = metadata.feature_spec, metadata.architecture
+    if metadata.kind == "obd_click":
+        if not isinstance(spec, ObdFeatureSpec) or not isinstance(arch, ObdArchitecture):
+            raise CheckpointError("obd_click checkpoint needs an obd spec and architecture")
+        return ObdClickModel(
+            item_categorical_buckets=torch.zeros(
+                spec.n_items, len(spec.item_categorical_names), dtype=torch.long
+            ),
+            item_numeric=torch.zeros(spec.n_items, len(spec.item_numeric_names)),
+            n_positions=spec.n_positions,
+            n_user_fields=len(spec.user_feature_names),
+            n_buckets=spec.n_buckets,
+            dim=arch.dim,
+            hidden=arch.hidden,
+        )
+    if not isinstance(spec, HillstromFeatureSpec) or not isinstance(arch, HillstromArchitecture):
+        raise CheckpointError("hillstrom_uplift checkpoint needs a hillstrom spec and architecture")
+    return UpliftModel(
+        n_categorical=len(spec.categorical_names),
+        n_buckets=spec.n_buckets,
+        n_numeric=len(spec.numeric_names),
+        n_treatments=len(spec.treatments),
+        embedding_dim=arch.embedding_dim,
+        hidden=arch.hidden,
+    )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint in memory: ``module`` (eval mode, CPU, float32) and its ``metadata``."""
+
+    module: nn.Module
+    metadata: CheckpointMetadata
+    path: Path
+
+    @property
+    def kind(self) -> str:
+        return self.metadata.kind
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.metadata.feature_spec
+
+    def featurizer(self) -> ObdFeaturizer | HillstromFeaturizer:
+        """The featurizer this model was trained with."""
+        if isinstance(self.spec, ObdFeatureSpec):
+            return ObdFeaturizer(self.spec)
+        return HillstromFeaturizer(self.spec)
+
+
+def save_checkpoint(module: nn.Module, metadata: CheckpointMetadata, path: str | Path) -> Path:
+    """Write ``module``'s weights and ``metadata`` (its ``weights_sha256`` is filled in).
+
+    path: the checkpoint's stem or either file name; parent folders are created.
+    Returns the weights path.
+    """
+    weights_path, metadata_path = checkpoint_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in module.state_dict().items()
+    }
+    save_file(state, str(weights_path), metadata={"kind": metadata.kind})
+    metadata = msgspec.structs.replace(metadata, weights_sha256=file_sha256(weights_path))
+    metadata_path.write_bytes(msgspec.json.format(msgspec.json.encode(metadata), indent=2) + b"\n")
+    return weights_path
+
+
+def read_metadata(path: str | Path) -> CheckpointMetadata:
+    """The metadata of a checkpoint, validated; raises CheckpointError."""
+    _, metadata_path = checkpoint_paths(path)
+    try:
+        raw = metadata_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint metadata {metadata_path} does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint metadata {metadata_path}: {exc}") from None
+    try:
+        version = msgspec.json.decode(raw, type=dict).get("format_version")
+    except msgspec.DecodeError as exc:
+        raise CheckpointError(f"checkpoint metadata {metadata_path} is not JSON: {exc}") from None
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {metadata_path} has format_version {version!r}; this nudgeserve reads "
+            f"{CHECKPOINT_FORMAT_VERSION}"
+        )
+    try:
+        return msgspec.json.decode(raw, type=CheckpointMetadata)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata {metadata_path} is invalid: {exc}") from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    expected_spec: FeatureSpec | None = None,
+    *,
+    expected_kind: str | None = None,
+) -> LoadedModel:
+    """Load a checkpoint written by ``save_checkpoint``.
+
+    path: the checkpoint's stem or either file name.
+    expected_spec: when given, the checkpoint's feature spec must equal it, else
+        ``FeatureSpecMismatch`` lists every differing field.
+    expected_kind: ``"obd_click"`` or ``"hillstrom_uplift"``, checked when given.
+    Raises CheckpointError (a ValueError) when a file is missing, corrupt, or its
+    weights do not match the metadata.
+    """
+    weights_path, _ = checkpoint_paths(path)
+    metadata = read_metadata(path)
+    if expected_kind is not None and metadata.kind != expected_kind:
+        raise CheckpointError(
+            f"checkpoint {weights_path} is a {metadata.kind!r} model, expected {expected_kind!r}"
+        )
+    if expected_spec is not None:
+        differences = spec_differences(expected_spec, metadata.feature_spec)
+        if differences:
+            listed = "; ".join(f"{k}: expected {e!r}, found {f!r}" for k, (e, f) in differences.items())
+            raise FeatureSpecMismatch(
+                f"checkpoint {weights_path} was trained with a different feature spec ({listed})",
+                differences,
+            )
+    if not weights_path.is_file():
+        raise CheckpointError(f"checkpoint weights {weights_path} do not exist")
+    digest = file_sha256(weights_path)
+    if digest != metadata.weights_sha256:
+        raise CheckpointError(
+            f"checkpoint weights {weights_path} are corrupt or belong to another checkpoint "
+            f"(sha256 {digest[:12]}..., metadata says {metadata.weights_sha256[:12]}...)"
+        )
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint weights {weights_path}: {exc}") from None
+    module = build_module(metadata)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint weights {weights_path} do not fit its architecture: {exc}"
+        ) from None
+    module.eval()
+    return LoadedModel(module=module, metadata=metadata, path=weights_path)
+
+
+def default_checkpoint(name: str) -> Path:
+    """Weights path of a shipped default checkpoint: ``"obd"`` or ``"hillstrom"``."""
+    if name not in DEFAULT_CHECKPOINTS:
+        raise ValueError(f"name must be one of {DEFAULT_CHECKPOINTS}, got {name!r}")
+    root = importlib.resources.files("nudgeserve.models") / "checkpoints"
+    return Path(str(root / f"{name}.safetensors"))

@@ -1,0 +1,59 @@
+"""The durable decision log, the feedback join and the Parquet export.
+
+Embedded default store: one SQLite file in WAL mode, written by one group-commit thread
+per process. See README.md beside this file for the API the server calls and the
+durability contract. Imports nothing of Ray or HTTP, and not pyarrow until an export.
+"""
+
+from ._config import DecisionLogConfig
+from ._errors import (
+    DecisionLogClosed,
+    DecisionLogError,
+    DecisionLogOverloaded,
+    DecisionLogWriteError,
+    InvalidDecisionLogConfig,
+    InvalidDecisionRecord,
+    InvalidDecisionRecordType,
+    InvalidFeedback,
+    InvalidFeedbackType,
+    SchemaVersionError,
+)
+from ._export import ExportSummary, arrow_schema, export_parquet, read_export_metadata
+from ._records import (
+    OUTCOME_KINDS,
+    DecisionLogStats,
+    DecisionRecord,
+    FeedbackEvent,
+    FeedbackResult,
+    FeedbackStatus,
+)
+from ._schema import SCHEMA_VERSION
+from ._shutdown import install_sigterm_handler
+from ._store import DecisionLog
+
+__all__ = [
+    "OUTCOME_KINDS",
+    "SCHEMA_VERSION",
+    "DecisionLog",
+    "DecisionLogClosed",
+    "DecisionLogConfig",
+    "DecisionLogError",
+    "DecisionLogOverloaded",
+    "DecisionLogStats",
+    "DecisionLogWriteError",
+    "DecisionRecord",
+    "ExportSummary",
+    "FeedbackEvent",
+    "FeedbackResult",
+    "FeedbackStatus",
+    "InvalidDecisionLogConfig",
+    "InvalidDecisionRecord",
+    "InvalidDecisionRecordType",
+    "InvalidFeedback",
+    "InvalidFeedbackType",
+    "SchemaVersionError",
+    "arrow_schema",
+    "export_parquet",
+    "install_sigterm_handler",
+    "read_export_metadata",
+]
