@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 V2_MODEL = "obd_click"
 V2_USER_INPUT = "user_features"  # BYTES [B, 4]: raw user_feature_0..3 strings
 V2_AFFINITY_INPUT = "affinity"  # FP32 [B, n_items]: raw user-item affinities
-V2_OUTPUT = "click_probability"  # FP32 [B, n_positions, n_items]
+V2_OUTPUT = "click_prob"  # FP32 [B, n_positions, n_items]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,52 @@ def perf_analyzer_rows(ctx: ObdContexts) -> list[dict[str, list]]:
         {V2_USER_INPUT: [str(u) for u in users], V2_AFFINITY_INPUT: [float(a) for a in affinity]}
         for users, affinity in zip(ctx.user_features, ctx.affinity, strict=True)
     ]
+
+
+DECIDE_USE_CASE = "obd"
+
+
+def decide_bodies(ctx: ObdContexts, n_candidates: int, k: int, seed: int = 0) -> list[bytes]:
+    """One ``POST /v1/decide`` JSON body per context: ``n_candidates`` catalog items (a
+    random subset in random order per request) to score, ``k`` to return."""
+    n_items = ctx.affinity.shape[1]
+    if not 1 <= n_candidates <= n_items:
+        raise ValueError(f"n_candidates must be in [1, {n_items}], got {n_candidates}")
+    if not 1 <= k <= n_candidates:
+        raise ValueError(f"k must be in [1, n_candidates={n_candidates}], got {k}")
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for users, affinity in zip(ctx.user_features, ctx.affinity, strict=True):
+        ids = rng.permutation(n_items)[:n_candidates]
+        payload = {
+            "use_case": DECIDE_USE_CASE,
+            "context": {
+                "user_features": [str(u) for u in users],
+                "affinity": [float(a) for a in affinity],
+            },
+            "candidates": [{"id": int(i)} for i in ids],
+            "k": k,
+        }
+        bodies.append(json.dumps(payload, separators=(",", ":")).encode())
+    return bodies
+
+
+def decide_validator(k: int) -> Callable[[bytes], None]:
+    """A check of one ``/v1/decide`` answer: ``k`` ranked actions with propensities."""
+
+    def validate(body: bytes) -> None:
+        answer = json.loads(body)
+        actions = answer.get("actions")
+        if not isinstance(actions, list) or len(actions) != k:
+            raise ValueError(f"decide answer must hold {k} actions, got {body[:300]!r}")
+        if [a.get("rank") for a in actions] != list(range(1, k + 1)):
+            raise ValueError(f"decide actions must be ranked 1..{k}, got {body[:300]!r}")
+        if len({a.get("id") for a in actions}) != k:
+            raise ValueError(f"decide actions must be distinct, got {body[:300]!r}")
+        if not all(0 < a.get("propensity", 0) <= 1 for a in actions):
+            raise ValueError(f"decide propensities must be in (0, 1], got {body[:300]!r}")
+
+    return validate
 
 
 def load_obd_scorer(checkpoint: str | None = None, device: str = "auto") -> Any:

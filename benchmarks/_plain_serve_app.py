@@ -36,6 +36,77 @@ def _binary_response(header: dict, blobs: list[bytes]) -> tuple[bytes, dict[str,
     return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
 
 
+class PlainDecider:
+    """``POST /v1/decide`` for the OBD use case, one request at a time.
+
+    Same wire types and the same policy as our server's default (epsilon-greedy, epsilon
+    0.1, ranking by slot-0 click probability), but per request and through whatever
+    kernel backend the process chose (NumPy in the baseline). Decisions are not logged.
+    """
+
+    def __init__(self, scorer: Any, epsilon: float = 0.1, default_k: int = 3) -> None:
+        import msgspec
+
+        from nudgeserve.serve import decision_api as api
+
+        self.api = api
+        self.scorer = scorer
+        self.epsilon = epsilon
+        self.default_k = default_k
+        self.n_items = scorer.n_items
+        self.version = scorer.loaded.metadata.weights_sha256[:12]
+        self.request_decoder = msgspec.json.Decoder(api.DecideRequest)
+        self.context_decoder = msgspec.json.Decoder(api.ObdContext)
+        self.encoder = msgspec.json.Encoder()
+        self.rng = np.random.default_rng()
+
+    def decide(self, body: bytes) -> bytes:
+        """Request bytes -> response bytes; ValueError (400) / LookupError (404) name the
+        bad field."""
+        import msgspec
+
+        from nudgeserve.kernels import epsilon_greedy_slate
+
+        api = self.api
+        try:
+            req = self.request_decoder.decode(body)
+            ctx = self.context_decoder.decode(req.context)
+        except msgspec.ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        if req.use_case != "obd":
+            raise LookupError(f"use_case: {req.use_case!r} is not served (only 'obd')")
+        users = np.array([ctx.user_features], dtype=object)
+        affinity = None if ctx.affinity is None else np.array([ctx.affinity], np.float32)
+        scores = self.scorer.predict(self.scorer.featurizer.transform(users, affinity), 0)
+        excluded = None
+        if req.candidates is not None:
+            ids = [c.id for c in req.candidates]
+            if not all(isinstance(i, int) and 0 <= i < self.n_items for i in ids):
+                raise ValueError(f"candidates: ids must be catalog items 0..{self.n_items - 1}")
+            excluded = np.ones((1, self.n_items), dtype=np.bool_)
+            excluded[0, ids] = False
+        k = req.k if req.k is not None else self.default_k
+        allowed = self.n_items if req.candidates is None else len(set(ids))
+        if not 1 <= k <= allowed:
+            raise ValueError(f"k: must be in [1, {allowed}], got {k}")
+        seed = np.array([self.rng.integers(0, 2**63)], dtype=np.uint64)
+        idx, prop = epsilon_greedy_slate(scores, k, self.epsilon, seed, mask=excluded)
+        actions = [
+            api.RankedAction(id=int(i), rank=r + 1, score=float(scores[0, i]), propensity=float(p))
+            for r, (i, p) in enumerate(zip(idx[0], prop[0], strict=True))
+        ]
+        return self.encoder.encode(
+            api.DecideResponse(
+                decision_id=self.rng.bytes(16).hex(),
+                use_case="obd",
+                model_name="obd_click",
+                model_version=self.version,
+                policy=f"epsilon_greedy({self.epsilon:g})",
+                actions=actions,
+            )
+        )
+
+
 def build_app(checkpoint: str | None) -> Any:
     from ray import serve
     from starlette.requests import Request
@@ -63,6 +134,7 @@ def build_app(checkpoint: str | None) -> Any:
             self.n_items = self.scorer.n_items
             self.n_positions = self.scorer.n_positions
             self.n_fields = len(self.scorer.featurizer.spec.user_feature_names)
+            self.decider = PlainDecider(self.scorer)
 
         def _model_metadata(self) -> dict:
             wl = self.wl
@@ -161,12 +233,12 @@ def build_app(checkpoint: str | None) -> Any:
             return JSONResponse(header)
 
         def _decide(self, body: bytes) -> Response:
-            from benchmarks._load_workload import plain_decide
-
             try:
-                answer = plain_decide(self.scorer, body)
+                answer = self.decider.decide(body)
+            except LookupError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=404)
             except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=422)
+                return JSONResponse({"error": str(exc)}, status_code=400)
             return Response(answer, media_type="application/json")
 
     return PlainObd.bind(checkpoint)

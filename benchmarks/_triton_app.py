@@ -112,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             ),
             strict=True,
         )
-        print(f"triton serving {wl.V2_MODEL} on 127.0.0.1:{args.http_port}", flush=True)
+        from nudgeserve import kernels
+
+        print(
+            f"triton serving {wl.V2_MODEL} on 127.0.0.1:{args.http_port}; kernel backends "
+            f"{kernels.chosen_backends()}",
+            flush=True,
+        )
         try:
             triton.serve()
         except KeyboardInterrupt:

@@ -38,7 +38,7 @@ def requirements() -> list[str]:
         "numpy<2",
         f"torch=={torch_version}",
         "msgspec>=0.18",
-        "pyarrow>=15",
+        "pyarrow>=15,<21",  # 21+ needs NumPy 2
         "safetensors>=0.4",
         "numba>=0.60",
         "pyyaml>=6",

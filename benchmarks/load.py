@@ -69,6 +69,7 @@ class Row:
     result: LoadResult
     rps_vs_triton: float | None = None
     p99_vs_triton: float | None = None
+    rps_vs_plain: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -77,6 +78,7 @@ class Row:
             **self.result.as_dict(),
             "rps_vs_triton": self.rps_vs_triton,
             "p99_vs_triton": self.p99_vs_triton,
+            "rps_vs_plain": self.rps_vs_plain,
         }
 
 
@@ -168,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests", type=int, default=512, help="distinct real contexts cycled through"
     )
     p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file for the started 'nudgeserve run' (default: its built-in defaults)",
+    )
+    p.add_argument(
         "--checkpoint",
         default=None,
         help="OBD checkpoint for the baselines (default: the shipped one)",
@@ -211,16 +219,10 @@ def running(system: str, args: argparse.Namespace, run_dir: Path) -> Iterator[st
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     if system == "ours":
-        cmd = [
-            sys.executable,
-            "-m",
-            "nudgeserve.cli",
-            "run",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
+        cmd = [sys.executable, "-m", "nudgeserve.cli", "run", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--ray-temp-dir", str(REPO_ROOT / ".ray" / "lbours")]
+        if args.config:
+            cmd += ["--config", str(args.config)]
         server = ManagedServer(
             "nudgeserve run", cmd, base, run_dir / "ours.log", env=env, cwd=REPO_ROOT
         )
@@ -371,22 +373,35 @@ def drive(
 def _progress(row: Row) -> None:
     r = row.result
     extra = f", first error: {r.first_error}" if r.first_error else ""
+    if r.incomplete:
+        extra += f", {r.incomplete} unanswered"
+    if r.client_lag_p99_ms is not None and r.client_lag_p99_ms > 5.0:
+        # The client shares the CPU with the server; a late client inflates latencies.
+        extra += f" (client dispatch lag p99 {r.client_lag_p99_ms:.1f} ms)"
     log(f"  -> {r.throughput_rps:,.0f} req/s, p99 {_ms(r.p99_ms)}, errors {r.errors}{extra}")
 
 
 def add_ratios(rows: list[Row]) -> None:
-    """Each v2 row's requests/s and p99 relative to Triton's on the same point."""
-    triton = {
-        (r.api, r.result.mode, r.result.offered): r.result for r in rows if r.system == "triton"
-    }
+    """Each row's requests/s and p99 relative to Triton's on the same point (v2), and
+    our requests/s relative to plain Ray Serve's on the same point (v2 and decide)."""
+
+    def by_point(system: str) -> dict:
+        return {
+            (r.api, r.result.mode, r.result.offered): r.result for r in rows if r.system == system
+        }
+
+    triton, plain = by_point("triton"), by_point("plain-serve")
     for row in rows:
-        ref = triton.get((row.api, row.result.mode, row.result.offered))
-        if ref is None or row.system == "triton":
-            continue
-        if ref.throughput_rps > 0:
-            row.rps_vs_triton = row.result.throughput_rps / ref.throughput_rps
-        if math.isfinite(ref.p99_ms) and ref.p99_ms > 0 and math.isfinite(row.result.p99_ms):
-            row.p99_vs_triton = row.result.p99_ms / ref.p99_ms
+        point = (row.api, row.result.mode, row.result.offered)
+        ref = triton.get(point)
+        if ref is not None and row.system != "triton":
+            if ref.throughput_rps > 0:
+                row.rps_vs_triton = row.result.throughput_rps / ref.throughput_rps
+            if math.isfinite(ref.p99_ms) and ref.p99_ms > 0 and math.isfinite(row.result.p99_ms):
+                row.p99_vs_triton = row.result.p99_ms / ref.p99_ms
+        base = plain.get(point)
+        if row.system == "ours" and base is not None and base.throughput_rps > 0:
+            row.rps_vs_plain = row.result.throughput_rps / base.throughput_rps
 
 
 def evaluate_targets(rows: list[Row]) -> list[dict]:
@@ -483,7 +498,7 @@ def print_table(rows: list[Row]) -> None:
     head = (
         f"{'system':<12} {'api':<7} {'mode':<7} {'offered':>9} {'req/s':>9} {'p50 ms':>9} "
         f"{'p95 ms':>9} {'p99 ms':>9} {'errors':>7} {'tool':<14} {'rps/triton':>10} "
-        f"{'p99/triton':>10}"
+        f"{'p99/triton':>10} {'rps/plain':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -498,10 +513,11 @@ def print_table(rows: list[Row]) -> None:
         err = r.errors + r.incomplete
         ratio = f"{row.rps_vs_triton:.2f}x" if row.rps_vs_triton is not None else "-"
         p99r = f"{row.p99_vs_triton:.2f}x" if row.p99_vs_triton is not None else "-"
+        plain = f"{row.rps_vs_plain:.2f}x" if row.rps_vs_plain is not None else "-"
         print(
             f"{row.system:<12} {row.api:<7} {r.mode:<7} {_offered(r):>9} "
             f"{r.throughput_rps:>9,.0f} {num(r.p50_ms):>9} {num(r.p95_ms):>9} "
-            f"{num(r.p99_ms):>9} {err:>7} {r.tool:<14} {ratio:>10} {p99r:>10}"
+            f"{num(r.p99_ms):>9} {err:>7} {r.tool:<14} {ratio:>10} {p99r:>10} {plain:>9}"
         )
 
 

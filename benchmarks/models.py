@@ -11,7 +11,8 @@ from the OBD sample (``random/all``, 80 items) and the Hillstrom data:
 - the same plus featurization of the raw strings (``score``: what a replica runs);
 - the training module's ``forward`` under ``torch.no_grad`` (baseline: every slot,
   item tower recomputed each call);
-- ``HillstromScorer.predict`` (customers x 3 treatments).
+- ``HillstromScorer.predict`` (customers x 3 treatments: heads stacked into one matmul)
+  against the training module's ``forward`` (one head after another).
 
 Figures are medians (``benchmarks._timing.time_callable``); ratio = baseline median /
 this case's median, both measured in this run.
@@ -69,9 +70,14 @@ def obd_cases(device: torch.device, batch_sizes: tuple[int, ...]) -> list[tuple[
         n_candidates = b * scorer.n_items
         cases += [
             (Case(group, "training module forward", training_forward, baseline=True), n_candidates),
-            (Case(group, "ObdScorer.predict", lambda f=features: scorer.predict(f, 0)), n_candidates),
             (
-                Case(group, "featurize + predict", lambda u=users, a=affinity: scorer.score(u, a, 0)),
+                Case(group, "ObdScorer.predict", lambda f=features: scorer.predict(f, 0)),
+                n_candidates,
+            ),
+            (
+                Case(
+                    group, "featurize + predict", lambda u=users, a=affinity: scorer.score(u, a, 0)
+                ),
                 n_candidates,
             ),
         ]
@@ -81,14 +87,24 @@ def obd_cases(device: torch.device, batch_sizes: tuple[int, ...]) -> list[tuple[
 def hillstrom_cases(device: torch.device, batch_sizes: tuple[int, ...]) -> list[tuple[Case, int]]:
     loaded = load_checkpoint(default_checkpoint("hillstrom"), expected_kind="hillstrom_uplift")
     scorer = HillstromScorer(loaded, device=device)
+    module = loaded.module.to(device)
     columns = load_hillstrom().raw_columns()
     cases = []
     for b in batch_sizes:
         batch = {k: _tile(v, b) for k, v in columns.items()}
         features = scorer.featurizer.transform(batch)
+        cat_t = torch.from_numpy(features.categorical).to(device)
+        num_t = torch.from_numpy(features.numeric).to(device)
+
+        def training_forward(cat_t=cat_t, num_t=num_t) -> object:
+            with torch.no_grad():
+                out = module(cat_t, num_t).cpu()
+            return out
+
         group = f"hillstrom uplift [{device.type}] B={b}"
         n = b * len(scorer.treatments)
         cases += [
+            (Case(group, "training module forward", training_forward, baseline=True), n),
             (Case(group, "HillstromScorer.predict", lambda f=features: scorer.predict(f)), n),
             (Case(group, "featurize + predict", lambda c=batch: scorer.score(c)), n),
         ]
@@ -101,14 +117,21 @@ def run(devices: list[torch.device], batch_sizes: tuple[int, ...], quick: bool) 
     header = f"{'case':<34} {'median/call':>12} {'scored/s':>14} {'ratio':>7}"
     for device in devices:
         for title, cases in (
-            ("OBD click model: candidates (context x item, one slot) scored per second", obd_cases(device, batch_sizes)),
-            ("Hillstrom uplift model: (customer x treatment) predictions per second", hillstrom_cases(device, batch_sizes)),
+            (
+                "OBD click model: candidates (context x item, one slot) scored per second",
+                obd_cases(device, batch_sizes),
+            ),
+            (
+                "Hillstrom uplift model: (customer x treatment) predictions per second",
+                hillstrom_cases(device, batch_sizes),
+            ),
         ):
             print(f"\n{title} on {device}")
             print(header)
             baseline_median: dict[str, float] = {}
             for case, n in cases:
-                def timed(fn=case.fn) -> None:
+
+                def timed(fn=case.fn, device=device) -> None:
                     fn()
                     _sync(device)
 
@@ -116,26 +139,37 @@ def run(devices: list[torch.device], batch_sizes: tuple[int, ...], quick: bool) 
                 if case.baseline:
                     baseline_median[case.group] = median
                 base = baseline_median.get(case.group)
-                ratio = f"{base / median:6.2f}x" if base else "   base" if case.baseline else "      -"
+                ratio = (
+                    f"{base / median:6.2f}x" if base else "   base" if case.baseline else "      -"
+                )
                 label = f"B={case.group.rsplit('B=', 1)[1]:<5} {case.name}"
                 print(f"{label:<34} {median * 1e6:10.1f}us {n / median:14,.0f} {ratio:>7}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.models", description=__doc__.split("\n")[0]
+    )
     parser.add_argument(
-        "--batch-sizes", default=",".join(map(str, BATCH_SIZES)),
+        "--batch-sizes",
+        default=",".join(map(str, BATCH_SIZES)),
         help="comma-separated batch sizes (default %(default)s)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
-                        help="all = CPU, and CUDA when present (default)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "all"),
+        default="all",
+        help="all = CPU, and CUDA when present (default)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     args = parser.parse_args(argv)
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
-        parser.error(f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}")
+        parser.error(
+            f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}"
+        )
     if any(b < 1 for b in batch_sizes):
         parser.error("--batch-sizes must be >= 1")
     if args.threads is not None:

@@ -18,6 +18,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("run", "run", "start a local Ray and serve the decision and KServe v2 APIs"),
     ("train", "train", "train a model on the shipped real data (obd | hillstrom)"),
     ("bench-kernels", "bench_kernels", "time kernel backends; --write-profile picks one per op"),
+    ("evaluate", "evaluate", "off-policy evaluation on OBD logs or exported decision logs"),
+    ("export", "export", "export joined decisions and outcomes to Parquet"),
 ]
 
 

@@ -39,19 +39,59 @@ def parse_time(text: str) -> float:
     return dt.timestamp()
 
 
+def load_function(spec: str):
+    """The callable named ``package.module:function``."""
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{spec!r} must look like package.module:function")
+    fn = getattr(importlib.import_module(module_name), attr)
+    if not callable(fn):
+        raise ValueError(f"{spec!r} is not callable")
+    return fn
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", required=True, type=Path,
-                        help="the decision log's SQLite file (the server may be running)")
+    parser.add_argument(
+        "--db",
+        required=True,
+        type=Path,
+        help="the decision log's SQLite file (the server may be running)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="Parquet file to write")
-    parser.add_argument("--since", default=None,
-                        help="first decision time: epoch seconds, ISO-8601 (UTC when no "
-                             "zone) or relative like -7d")
-    parser.add_argument("--until", default=None,
-                        help="decisions before this time only (same formats); use the "
-                             "late window, e.g. -7d, to export only settled decisions")
-    parser.add_argument("--outcome", action="append", default=None, metavar="KIND",
-                        help="reward column to include even when no event has it "
-                             "(repeatable; default: click, visit, conversion, spend)")
+    parser.add_argument(
+        "--since",
+        default=None,
+        help="first decision time: epoch seconds, ISO-8601 (UTC when no zone) or relative like -7d",
+    )
+    parser.add_argument(
+        "--until",
+        default=None,
+        help="decisions before this time only (same formats); use the "
+        "late window, e.g. -7d, to export only settled decisions",
+    )
+    parser.add_argument(
+        "--reward",
+        default=None,
+        metavar="KIND",
+        help="outcome kind copied into the `reward` column the evaluator reads (default: click)",
+    )
+    parser.add_argument(
+        "--annotate",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="function adding per-row columns such as eval_probs and "
+        "reward_hat from the logged candidates and features",
+    )
+    parser.add_argument(
+        "--outcome",
+        action="append",
+        default=None,
+        metavar="KIND",
+        help="reward column to include even when no event has it "
+        "(repeatable; default: click, visit, conversion, spend)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,17 +108,35 @@ def run(args: argparse.Namespace) -> int:
     if not args.db.is_file():
         print(f"error: --db: no decision log at {args.db}", file=sys.stderr)
         return 2
+    annotate = None
+    if args.annotate:
+        try:
+            annotate = load_function(args.annotate)
+        except (ValueError, ImportError, AttributeError) as exc:
+            print(f"error: --annotate: {exc}", file=sys.stderr)
+            return 2
     kinds = tuple(args.outcome) if args.outcome else OUTCOME_KINDS
     try:
-        summary = export_parquet(args.db, args.out, since=since, until=until,
-                                 outcome_kinds=kinds)
+        summary = export_parquet(
+            args.db,
+            args.out,
+            since=since,
+            until=until,
+            outcome_kinds=kinds,
+            reward_kind=args.reward,
+            annotate=annotate,
+        )
     except (ValueError, TypeError, OSError, sqlite3.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     span = " ".join(
         f"{name} {datetime.fromtimestamp(t, UTC).isoformat()}"
-        for name, t in (("since", summary.since), ("until", summary.until)) if t is not None)
-    print(f"wrote {summary.rows} rows ({summary.decisions} decisions, "
-          f"{summary.joined_events} joined events) to {summary.path}"
-          + (f" [{span}]" if span else ""))
+        for name, t in (("since", summary.since), ("until", summary.until))
+        if t is not None
+    )
+    print(
+        f"wrote {summary.rows} rows ({summary.decisions} decisions, "
+        f"{summary.joined_events} joined events, reward={summary.reward_kind}) "
+        f"to {summary.path}" + (f" [{span}]" if span else "")
+    )
     return 0

@@ -39,24 +39,34 @@ def _non_negative_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=DATASETS, help="which model to train")
     parser.add_argument(
-        "--epochs", type=_positive_int, default=None,
+        "--epochs",
+        type=_positive_int,
+        default=None,
         help="maximum epochs (early stopping may end sooner; default: obd 40, hillstrom 30)",
     )
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
         help="auto = CUDA when available, else CPU",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("checkpoints"),
+        "--out",
+        type=Path,
+        default=Path("checkpoints"),
         help="folder for <dataset>.safetensors and <dataset>.json (default ./checkpoints)",
     )
     parser.add_argument(
-        "--bootstrap", type=_positive_int, default=1000,
+        "--bootstrap",
+        type=_positive_int,
+        default=1000,
         help="bootstrap resamples for the evaluation intervals (default 1000)",
     )
     parser.add_argument(
-        "--max-rows", type=_positive_int, default=None,
+        "--max-rows",
+        type=_positive_int,
+        default=None,
         help="train on the first N rows only (quick runs)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -134,15 +134,44 @@ cdef inline Py_ssize_t utf8_encode(const void* data, int kind, Py_ssize_t n,
     return p
 
 
+cdef inline uint32_t murmur3_32_ascii_ucs4(const uint32_t* row, Py_ssize_t length,
+                                           uint32_t seed) noexcept nogil:
+    """MurmurHash3 of code points all below 0x80: each is its own UTF-8 byte, so blocks are
+    packed straight from the code points, with no encoding pass."""
+    cdef Py_ssize_t nblocks = length // 4
+    cdef Py_ssize_t i
+    cdef uint32_t h = seed
+    cdef uint32_t k = 0
+    cdef const uint32_t* tail = row + nblocks * 4
+    cdef int rem = length & 3
+    for i in range(nblocks):
+        h = mix_h(h, row[4 * i] | (row[4 * i + 1] << 8) | (row[4 * i + 2] << 16)
+                  | (row[4 * i + 3] << 24))
+    if rem == 3:
+        k ^= tail[2] << 16
+    if rem >= 2:
+        k ^= tail[1] << 8
+    if rem >= 1:
+        k ^= tail[0]
+        h ^= mix_k(k)
+    h ^= <uint32_t>length
+    return fmix32(h)
+
+
 cdef inline int64_t hash_ucs4_row(const uint32_t* row, Py_ssize_t width, uint8_t* buf,
                                   uint32_t seed) noexcept nogil:
     """The row's hash (as a non-negative int64), or -1 if a code point has no UTF-8 form."""
     cdef Py_ssize_t length = width
-    cdef Py_ssize_t nbytes
+    cdef Py_ssize_t nbytes, j
     cdef Py_ssize_t bad_pos = 0
+    cdef uint32_t any_bits = 0
     # NumPy pads <U elements with trailing zeros and drops them when reading.
     while length > 0 and row[length - 1] == 0:
         length -= 1
+    for j in range(length):
+        any_bits |= row[j]
+    if any_bits < 0x80:
+        return murmur3_32_ascii_ucs4(row, length, seed)
     nbytes = utf8_encode(row, 4, length, buf, &bad_pos)
     if nbytes < 0:
         return -1

@@ -54,7 +54,9 @@ _XD800 = np.uint64(0xD800)
 _XDFFF = np.uint64(0xDFFF)
 _X10FFFF = np.uint64(0x10FFFF)
 
-_OPTS = {"cache": True, "nogil": True}
+# error_model="numpy": no zero-divisor check per division (it blocks vectorisation; every
+# divisor here is validated non-zero).
+_OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 # Inputs are typed read-only so read-only arrays (np.frombuffer, memory maps) are
 # accepted; writable arrays convert to these types for free.
@@ -116,6 +118,36 @@ def _murmur_bytes(buf, start, length, seed):
     return _finish(h, np.uint64(length))
 
 
+@njit(
+    _u64(types.Array(types.uint32, 1, "C", readonly=True), _i64, _u64),
+    inline="always",
+    **_OPTS,
+)
+def _murmur_ascii_row(row, length, seed):
+    h = seed
+    nblocks = length // 4
+    for b in range(nblocks):
+        p = 4 * b
+        k = (
+            np.uint64(row[p])
+            | (np.uint64(row[p + 1]) << _U8)
+            | (np.uint64(row[p + 2]) << _U16)
+            | (np.uint64(row[p + 3]) << _U24)
+        )
+        h = _mix_h(h, k)
+    rem = length & 3
+    if rem:
+        p = 4 * nblocks
+        k = _U0
+        if rem == 3:
+            k ^= np.uint64(row[p + 2]) << _U16
+        if rem >= 2:
+            k ^= np.uint64(row[p + 1]) << _U8
+        k ^= np.uint64(row[p])
+        h ^= _mix_k(k)
+    return _finish(h, np.uint64(length))
+
+
 @njit([types.void(_RO_U8, _RO_I64, _u64, _u64, out, _i64, _i64) for out in _OUTS], **_OPTS)
 def _bytes_chunk(buf, offsets, seed, n_buckets, out, lo, hi):
     for i in range(lo, hi):
@@ -123,9 +155,7 @@ def _bytes_chunk(buf, offsets, seed, n_buckets, out, lo, hi):
         out[i] = h if n_buckets == 0 else h % n_buckets
 
 
-@njit(
-    [types.void(_RO_U8, _RO_I64, _u64, _u64, out, _i64) for out in _OUTS], parallel=True, **_OPTS
-)
+@njit([types.void(_RO_U8, _RO_I64, _u64, _u64, out, _i64) for out in _OUTS], parallel=True, **_OPTS)
 def _bytes_parallel(buf, offsets, seed, n_buckets, out, n_chunks):
     n = out.shape[0]
     for c in prange(n_chunks):
@@ -142,6 +172,14 @@ def _ucs4_chunk(codes, seed, n_buckets, out, lo, hi):
         # NumPy pads <U elements with trailing zeros and drops them when reading.
         while length > 0 and codes[i, length - 1] == 0:
             length -= 1
+        any_bits = np.uint32(0)
+        for j in range(length):
+            any_bits |= codes[i, j]
+        if any_bits < 0x80:
+            # All ASCII: each code point is its own UTF-8 byte; pack blocks directly.
+            h = _murmur_ascii_row(codes[i], length, seed)
+            out[i] = h if n_buckets == 0 else h % n_buckets
+            continue
         p = 0
         for j in range(length):
             c = np.uint64(codes[i, j])
@@ -180,7 +218,9 @@ def _ucs4_chunk(codes, seed, n_buckets, out, lo, hi):
 def _ucs4_parallel(codes, seed, n_buckets, out, n_chunks, bad):
     n = out.shape[0]
     for c in prange(n_chunks):
-        bad[c] = _ucs4_chunk(codes, seed, n_buckets, out, c * n // n_chunks, (c + 1) * n // n_chunks)
+        bad[c] = _ucs4_chunk(
+            codes, seed, n_buckets, out, c * n // n_chunks, (c + 1) * n // n_chunks
+        )
 
 
 @njit([types.void(_RO_U64, _u64, _u64, out, _i64, _i64) for out in _OUTS], **_OPTS)
@@ -264,5 +304,7 @@ def murmurhash3_int64(values: np.ndarray, seed: int, n_buckets: int, n_threads: 
     if team == 1:
         _int64_chunk(words, np.uint64(seed), np.uint64(n_buckets), out, 0, n)
     else:
-        _int64_parallel(words, np.uint64(seed), np.uint64(n_buckets), out, team * _CHUNKS_PER_THREAD)
+        _int64_parallel(
+            words, np.uint64(seed), np.uint64(n_buckets), out, team * _CHUNKS_PER_THREAD
+        )
     return out

@@ -164,22 +164,29 @@ def plackett_luce_slate(
     return indices, props
 
 
-def log_gamma_draws(keys: np.ndarray, blocks: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    """log of Gamma(shape, 1) draws; all arguments broadcast to one shape.
+def gamma_draws(
+    keys: np.ndarray, blocks: np.ndarray, shape: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma(shape, 1) draws as ``g * exp(log_boost)``; arguments broadcast to one shape.
 
     keys: uint64[...] stream keys; blocks: uint64[...] which GAMMA_BLOCK of the stream each
-    draw uses; shape: float64[...] > 0. Returns float64[...] (never NaN).
+    draw uses; shape: float64[...] > 0. Returns ``(g, log_boost)``, both float64[...]:
+    ``g > 0`` a Gamma(a) draw with ``a = shape`` (``shape + 1`` when ``shape < 1``) by
+    Marsaglia-Tsang with its squeeze, and ``log_boost = log(u) / shape`` for the boost
+    of a shape below 1 (0 otherwise). Keeping the boost as a logarithm keeps tiny shapes
+    from underflowing to 0.
     """
     keys, blocks, shape = np.broadcast_arrays(
         np.asarray(keys, np.uint64), np.asarray(blocks, np.uint64), np.asarray(shape, np.float64)
     )
+    out_shape = shape.shape
     keys, blocks, shape = keys.ravel(), blocks.ravel(), shape.ravel()
     boost = shape < 1.0
     a = np.where(boost, shape + 1.0, shape)
     d = a - 1.0 / 3.0
     c = 1.0 / np.sqrt(9.0 * d)
     base = blocks * np.uint64(GAMMA_BLOCK)
-    out = np.log(d)  # the mode; kept only if every attempt were rejected
+    g = d.copy()  # the mode; kept only if every attempt were rejected
     pending = np.arange(shape.size)
     for t in range(MAX_ATTEMPTS):
         if pending.size == 0:
@@ -193,27 +200,29 @@ def log_gamma_draws(keys: np.ndarray, blocks: np.ndarray, shape: np.ndarray) -> 
         positive = v > 0.0
         v = np.where(positive, v, 1.0)
         v = v * v * v
-        accept = positive & (np.log(u3) < 0.5 * x * x + dp - dp * v + dp * np.log(v))
-        out[pending[accept]] = np.log(dp[accept]) + np.log(v[accept])
+        squeeze = u3 < 1.0 - 0.0331 * (x * x) * (x * x)
+        accept = positive & (squeeze | (np.log(u3) < 0.5 * x * x + dp - dp * v + dp * np.log(v)))
+        g[pending[accept]] = dp[accept] * v[accept]
         pending = pending[~accept]
+    log_boost = np.zeros_like(g)
     if boost.any():
         ub = _rng.uniforms(keys[boost], base[boost] + np.uint64(BOOST_COUNTER))
-        out[boost] = out[boost] + np.log(ub) / shape[boost]
-    return out.reshape(np.shape(shape))
+        log_boost[boost] = np.log(ub) / shape[boost]
+    return g.reshape(out_shape), log_boost.reshape(out_shape)
 
 
-def _thompson_keys(alpha: np.ndarray, beta: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """delta = log X - log Y for X ~ Gamma(alpha), Y ~ Gamma(beta) per (row, arm).
+def thompson_delta(
+    keys: np.ndarray, arm_blocks: np.ndarray, alpha: np.ndarray, beta: np.ndarray
+) -> np.ndarray:
+    """delta = log X - log Y for X ~ Gamma(alpha) (block b), Y ~ Gamma(beta) (block b + 1).
 
     theta = X / (X + Y) ~ Beta(alpha, beta) is increasing in delta, and ranking by delta
-    never rounds distinct draws near 1 into ties. keys: uint64[B]; returns float64[B, N].
+    never rounds distinct draws near 1 into ties. Broadcasts; returns float64[...].
     """
-    n_cols = alpha.shape[1]
-    arm = np.arange(n_cols, dtype=np.uint64)[None, :]
-    lx = log_gamma_draws(keys[:, None], 2 * arm, alpha)
-    ly = log_gamma_draws(keys[:, None], 2 * arm + np.uint64(1), beta)
-    delta = lx - ly
-    return np.where(np.isnan(delta), 0.0, delta)  # both draws -inf: call it a tie
+    gx, bx = gamma_draws(keys, arm_blocks, alpha)
+    gy, by = gamma_draws(keys, arm_blocks + np.uint64(1), beta)
+    delta = np.log(gx / gy) + (bx - by)
+    return np.where(np.isnan(delta), 0.0, delta)  # both boosts -inf: call it a tie
 
 
 def _rank(delta: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
@@ -247,9 +256,8 @@ def thompson_draw(
     n_cols = alpha.shape[1]
     if n_rows == 0 or k == 0:
         return np.full((n_rows, k), PAD_INDEX, dtype=np.int64)
-    a = np.broadcast_to(alpha, (n_rows, n_cols))
-    b = np.broadcast_to(beta, (n_rows, n_cols))
-    delta = _thompson_keys(a, b, _rng.row_keys(seeds))
+    arm_blocks = 2 * np.arange(n_cols, dtype=np.uint64)[None, :]
+    delta = thompson_delta(_rng.row_keys(seeds)[:, None], arm_blocks, alpha, beta)
     valid = np.ones((n_rows, n_cols), dtype=bool) if mask is None else ~mask
     return _rank(delta, valid, k)
 
@@ -258,8 +266,14 @@ def _log_sigmoid(z: np.ndarray) -> np.ndarray:
     return np.minimum(z, 0.0) - np.log1p(np.exp(-np.abs(z)))
 
 
-def _support(a: np.ndarray, b: np.ndarray, log_norm: np.ndarray, center: np.ndarray,
-             scale: np.ndarray, direction: float) -> np.ndarray:
+def _support(
+    a: np.ndarray,
+    b: np.ndarray,
+    log_norm: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    direction: float,
+) -> np.ndarray:
     """Where each arm's logit-space log density has dropped QUAD_DROP below its peak."""
 
     def log_density(z):
@@ -302,8 +316,12 @@ def top_probabilities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     n = a.shape[0]
     if n <= 1:
         return np.ones(n)
-    log_norm = np.array([math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
-                         for x, y in zip(a.tolist(), b.tolist(), strict=True)])
+    log_norm = np.array(
+        [
+            math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+            for x, y in zip(a.tolist(), b.tolist(), strict=True)
+        ]
+    )
     center = np.log(a) - np.log(b)
     scale = np.sqrt(1.0 / a + 1.0 / b)
     lo = _support(a, b, log_norm, center, scale, -1.0)
@@ -311,8 +329,9 @@ def top_probabilities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     z_lo, z_hi = lo.max(), hi.max()
     relevant = hi > z_lo
     h = scale[relevant].min() / QUAD_POINTS_PER_SCALE
-    n_points = int(min(math.ceil((z_hi - z_lo) / h) + 1, QUAD_MAX_POINTS,
-                       max(QUAD_MAX_CELLS // n, 64)))
+    n_points = int(
+        min(math.ceil((z_hi - z_lo) / h) + 1, QUAD_MAX_POINTS, max(QUAD_MAX_CELLS // n, 64))
+    )
     z, h = np.linspace(z_lo, z_hi, n_points, retstep=True)
     ls_pos, ls_neg = _log_sigmoid(z), _log_sigmoid(-z)
     g = np.exp(a[:, None] * ls_pos + b[:, None] * ls_neg - log_norm[:, None])
@@ -366,10 +385,7 @@ def thompson_slot_probabilities(
     arm = np.arange(n_cols, dtype=np.uint64)[None, :]
     block = 2 * (draw * np.uint64(n_cols) + arm)
     for u in range(n_rows):
-        lx = log_gamma_draws(key, block, alpha[u][None, :])
-        ly = log_gamma_draws(key, block + np.uint64(1), beta[u][None, :])
-        delta = lx - ly
-        delta = np.where(np.isnan(delta), 0.0, delta)
+        delta = thompson_delta(key, block, alpha[u][None, :], beta[u][None, :])
         ranked = _rank(delta, np.broadcast_to(valid[u], delta.shape), k)
         for s in range(1, k):
             picked = ranked[:, s]

@@ -15,6 +15,8 @@ from libc.stdint cimport int32_t, int64_t
 # cheap ops are memory-bound and only pay off on large matrices.
 cdef Py_ssize_t PARALLEL_MIN_CHEAP = 1 << 21
 cdef Py_ssize_t PARALLEL_MIN_COSTLY = 1 << 15
+# Up to this many boundaries bucketize counts instead of searching (measured crossover).
+cdef Py_ssize_t LINEAR_MAX_BOUNDS = 24
 PARALLEL_MIN_ELEMENTS = {"standardize": PARALLEL_MIN_CHEAP, "clip": PARALLEL_MIN_CHEAP,
                          "log1p": PARALLEL_MIN_COSTLY, "bucketize": PARALLEL_MIN_COSTLY}
 
@@ -93,11 +95,16 @@ def log1p(const float[::1] x, float[::1] out, int n_threads=1):
 cdef inline Py_ssize_t upper_bound(const float* bounds, Py_ssize_t n, float v) noexcept nogil:
     """How many of ``bounds[:n]`` (sorted, n >= 1) are <= v.
 
-    Branch-free: the step count depends only on n and each step is a conditional move, so
-    random inputs cost no branch mispredictions.
+    Few bounds: count them all (a vectorised compare-and-add beats any search). Many:
+    branch-free binary search, whose step count depends only on n and whose steps are
+    conditional moves, so random inputs cost no branch mispredictions.
     """
     cdef Py_ssize_t base = 0
     cdef Py_ssize_t half
+    if n <= LINEAR_MAX_BOUNDS:
+        for half in range(n):
+            base += bounds[half] <= v
+        return base
     while n > 1:
         half = n >> 1
         base = base + half if bounds[base + half] <= v else base

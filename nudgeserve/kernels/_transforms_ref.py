@@ -43,11 +43,20 @@ def _standardize(x, mean, std, max_z, out):
 
 def clip(x, low, high, nan_fill, out, n_threads: int = 1):
     """``low`` below it, ``high`` above it, ``x`` otherwise; NaN -> ``nan_fill``."""
-    # np.where, not np.clip/np.maximum: which of two equal zeros those return (-0.0 vs
-    # 0.0) depends on their SIMD code, and x is kept whenever it is not beyond a bound.
-    v = np.where(x < low, low, x)
-    v = np.where(v > high, high, v)
-    out[...] = np.where(np.isnan(v), nan_fill, v)
+    # Masks first (out may be x); np.putmask, not np.clip/np.maximum: which of two equal
+    # zeros those return (-0.0 vs 0.0) depends on their SIMD code, while here x is kept
+    # unless it is strictly beyond a bound. putmask repeats its values over the flat
+    # index, which for C-contiguous [n_rows, n_cols] is the per-column broadcast.
+    below = x < low
+    above = x > high
+    nan = np.isnan(x)
+    if out.size == 0:
+        return out
+    if out is not x:
+        np.copyto(out, x)
+    np.putmask(out, below, low)
+    np.putmask(out, above, high)
+    np.putmask(out, nan, nan_fill)
     return out
 
 

@@ -34,10 +34,10 @@ from .errors import (
     ModelError,
 )
 from .features import (
-    HillstromFeaturizer,
     HillstromFeatures,
-    ObdFeaturizer,
+    HillstromFeaturizer,
     ObdFeatures,
+    ObdFeaturizer,
     ObdItemTable,
     choose_hash_seed,
 )

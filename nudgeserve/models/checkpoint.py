@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .datasets import file_sha256
@@ -104,10 +104,10 @@ def save_checkpoint(module: nn.Module, metadata: CheckpointMetadata, path: str |
     weights_path, metadata_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {
-        name: tensor.detach().to("cpu").contiguous()
-        for name, tensor in module.state_dict().items()
+        name: tensor.detach().to("cpu").contiguous() for name, tensor in module.state_dict().items()
     }
-    save_file(state, str(weights_path), metadata={"kind": metadata.kind})
+    # Written through bytes (not save_file) so the file gets the usual umask permissions.
+    weights_path.write_bytes(save(state, metadata={"kind": metadata.kind}))
     metadata = msgspec.structs.replace(metadata, weights_sha256=file_sha256(weights_path))
     metadata_path.write_bytes(msgspec.json.format(msgspec.json.encode(metadata), indent=2) + b"\n")
     return weights_path
@@ -161,7 +161,9 @@ def load_checkpoint(
     if expected_spec is not None:
         differences = spec_differences(expected_spec, metadata.feature_spec)
         if differences:
-            listed = "; ".join(f"{k}: expected {e!r}, found {f!r}" for k, (e, f) in differences.items())
+            listed = "; ".join(
+                f"{k}: expected {e!r}, found {f!r}" for k, (e, f) in differences.items()
+            )
             raise FeatureSpecMismatch(
                 f"checkpoint {weights_path} was trained with a different feature spec ({listed})",
                 differences,

@@ -18,7 +18,9 @@ import numpy as np
 _EPS = 1e-7
 
 
-def _check_pair(y: np.ndarray, p: np.ndarray, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(
+    y: np.ndarray, p: np.ndarray, name: str = "scores"
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     p = np.asarray(p, dtype=np.float64).reshape(-1)
     if y.shape != p.shape:
@@ -218,8 +220,14 @@ def ate_difference_in_means(
     ate = yt.mean() - yc.mean()
     se = float(np.sqrt(yt.var(ddof=1) / yt.size + yc.var(ddof=1) / yc.size))
     return AteEstimate(
-        float(ate), se, float(ate - z * se), float(ate + z * se), int(yt.size), int(yc.size),
-        float(yt.mean()), float(yc.mean()),
+        float(ate),
+        se,
+        float(ate - z * se),
+        float(ate + z * se),
+        int(yt.size),
+        int(yc.size),
+        float(yt.mean()),
+        float(yc.mean()),
     )
 
 
@@ -368,4 +376,3 @@ def to_jsonable(value: object) -> object:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-

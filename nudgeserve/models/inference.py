@@ -92,13 +92,24 @@ class ObdScoringModule(nn.Module):
             hidden = self.user_mlp(embedded)
         return hidden.float()
 
-    def forward(self, user_buckets: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
-        logits = torch.addmm(
+    def item_logits(self, user_buckets: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits without the position term: float32[B, N]."""
+        return torch.addmm(
             self.item_constant + self.affinity_weight * affinity,
             self.user_vectors(user_buckets),
             self.item_matrix,
         )
+
+    def forward(self, user_buckets: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
+        logits = self.item_logits(user_buckets, affinity)
         return torch.sigmoid(logits.unsqueeze(1) + self.position_bias)
+
+    def at_position(
+        self, user_buckets: torch.Tensor, affinity: torch.Tensor, position: int
+    ) -> torch.Tensor:
+        """float32[B, N] probabilities for one slot (a third of ``forward``'s work)."""
+        logits = self.item_logits(user_buckets, affinity)
+        return torch.sigmoid(logits + self.position_bias[0, position])
 
 
 class UpliftScoringModule(nn.Module):
@@ -135,8 +146,12 @@ class UpliftScoringModule(nn.Module):
 
 
 def _copy_sequential(seq: nn.Sequential) -> nn.Sequential:
-    copy = nn.Sequential(*[type(m)(m.in_features, m.out_features) if isinstance(m, nn.Linear)
-                           else type(m)() for m in seq])
+    copy = nn.Sequential(
+        *[
+            type(m)(m.in_features, m.out_features) if isinstance(m, nn.Linear) else type(m)()
+            for m in seq
+        ]
+    )
     copy.load_state_dict(seq.state_dict())
     return copy.requires_grad_(False)
 
@@ -194,7 +209,11 @@ class ObdScorer(_Scorer):
         assert isinstance(model, ObdClickModel)
         self.n_items = model.n_items
         self.n_positions = model.n_positions
-        self.module = self._finish(ObdScoringModule(model, self.autocast_dtype))
+        folded = ObdScoringModule(model, self.autocast_dtype).to(self.device).eval()
+        self.module = self._finish(folded)
+        self._at_position = (
+            torch.compile(folded.at_position, dynamic=True) if compile else folded.at_position
+        )
 
     def predict(self, features: ObdFeatures, position: int | None = None) -> np.ndarray:
         """features (from ``featurizer.transform``) -> click probabilities.
@@ -205,15 +224,17 @@ class ObdScorer(_Scorer):
         if position is not None and not 0 <= position < self.n_positions:
             raise ValueError(f"position must be in [0, {self.n_positions}), got {position}")
         if features.user_buckets.shape[0] == 0:
-            shape = (0, self.n_items) if position is not None else (0, self.n_positions, self.n_items)
-            return np.zeros(shape, dtype=np.float32)
-        with torch.inference_mode():
-            probs = self.module(
-                self._tensor(features.user_buckets, torch.long),
-                self._tensor(features.affinity, torch.float32),
+            shape = (
+                (0, self.n_items) if position is not None else (0, self.n_positions, self.n_items)
             )
-            if position is not None:
-                probs = probs[:, position]
+            return np.zeros(shape, dtype=np.float32)
+        users = self._tensor(features.user_buckets, torch.long)
+        affinity = self._tensor(features.affinity, torch.float32)
+        with torch.inference_mode():
+            if position is None:
+                probs = self.module(users, affinity)
+            else:
+                probs = self._at_position(users, affinity, position)
             return probs.float().cpu().numpy()
 
     def score(
@@ -290,7 +311,9 @@ class HillstromScorer(_Scorer):
                 self._tensor(features.numeric, torch.float32),
             )
             out = out.float().cpu().numpy()
-        return UpliftPrediction(out[:, 0], out[:, 1], out[:, 2], self.treatments, self.control_index)
+        return UpliftPrediction(
+            out[:, 0], out[:, 1], out[:, 2], self.treatments, self.control_index
+        )
 
     def score(self, columns: Mapping[str, Any]) -> UpliftPrediction:
         """Featurize raw customer columns then ``predict``."""

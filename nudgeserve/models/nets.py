@@ -180,4 +180,3 @@ def compose_outcomes(raw: torch.Tensor) -> torch.Tensor:
     conversion = visit * torch.sigmoid(raw[..., 1])
     spend = conversion * torch.exp(raw[..., 2])
     return torch.stack([visit, conversion, spend], dim=1)
-

@@ -64,13 +64,16 @@ __all__ = [
     "OPEResult",
     "OPEStatistics",
     "RaggedRows",
+    "bernoulli_ts_dist",
     "bootstrap_sums",
     "clipped_ips",
     "decision_keys",
     "direct_method",
     "doubly_robust",
+    "empirical_slot_dist",
     "evaluate",
     "evaluate_logs",
+    "greedy_slate_dist",
     "ips",
     "logs_from_table",
     "logs_statistics",
@@ -79,6 +82,7 @@ __all__ = [
     "on_policy_value",
     "parquet_columns",
     "parquet_files",
+    "plackett_luce_dist",
     "poisson_bootstrap_counts",
     "read_logs_parquet",
     "sn_doubly_robust",
@@ -103,6 +107,11 @@ DEFAULT_MIN_ESS_FRACTION = 0.01
 # (4 sd: a false alarm about once in 16,000 evaluations of sound logs).
 _MEAN_WEIGHT_Z = 4.0
 _SUM_TOLERANCE = 1e-6
+# Below this many rows with weight and a nonzero reward (clicks the evaluation policy
+# would also have shown), percentile intervals are known to undercover: say so.
+_MIN_HITS = 10
+# Rows x replicates below which the bootstrap kernel runs on one thread.
+_PARALLEL_MIN_CELLS = 1 << 20
 # Rows per chunk times replicates (or actions) bounds the arrays built at once (~32 MiB).
 _CHUNK_CELLS = 1 << 22
 
@@ -134,7 +143,8 @@ OPE_LOG_COLUMNS: tuple[LogColumn, ...] = (
         "decision_id",
         "string",
         True,
-        "unique id of the decision (slot); keys the bootstrap, so it must be stable",
+        "id of the decision; the slots of one decision share it. Keys the bootstrap, "
+        "which therefore resamples whole decisions (a cluster bootstrap)",
     ),
     LogColumn(
         "action", "int64", True, "the logged action: an index into this row's candidate list"
@@ -191,7 +201,7 @@ class OPEResult(msgspec.Struct, frozen=True, kw_only=True):
 
 # Per-row sufficient statistics. Every estimator is a function of their sums (and of the
 # same sums under each bootstrap replicate), which is what lets partial sums merge.
-_COLUMNS = ("n", "w", "w2", "wr", "cw", "cw2", "cwr", "dm", "wres", "clipped", "r")
+_COLUMNS = ("n", "w", "w2", "wr", "cw", "cw2", "cwr", "dm", "wres", "clipped", "r", "hits")
 _C = {name: index for index, name in enumerate(_COLUMNS)}
 _K = len(_COLUMNS)
 
@@ -434,6 +444,15 @@ def bootstrap_sums(keys: np.ndarray, stats: np.ndarray, n_bootstrap: int, seed: 
     """
     stats = np.ascontiguousarray(stats, dtype=np.float64)
     row_hash = _row_hashes(keys, seed)
+    threads = numba.get_num_threads()
+    if threads > 1 and stats.shape[0] * n_bootstrap < _PARALLEL_MIN_CELLS:
+        # Small jobs take milliseconds; waking a thread team costs more than it saves
+        # (much more on a busy machine). Numba's thread count is thread-local.
+        numba.set_num_threads(1)
+        try:
+            return _bootstrap_sums_numba(row_hash, stats, int(n_bootstrap), _POISSON1)
+        finally:
+            numba.set_num_threads(threads)
     return _bootstrap_sums_numba(row_hash, stats, int(n_bootstrap), _POISSON1)
 
 
@@ -591,6 +610,7 @@ def _statistics(
     stats[:, _C["cwr"]] = cw * rewards
     stats[:, _C["clipped"]] = w > max_weight
     stats[:, _C["r"]] = rewards
+    stats[:, _C["hits"]] = (w > 0) & (rewards != 0)
     if dm is not None and q_logged is not None:
         stats[:, _C["dm"]] = dm
         stats[:, _C["wres"]] = w * (rewards - q_logged)
@@ -704,6 +724,13 @@ def summarize(
             wmax = stats.weight_max
         if name != "dm":
             warns = _overlap_warnings(ess, n, min_ess, min_ess_fraction) + warns + shared
+            hits = int(round(s[_C["hits"]]))
+            if hits < _MIN_HITS:
+                warns.append(
+                    f"only {hits} rows carry both weight and a nonzero reward: the estimate "
+                    "rests on a handful of events and the bootstrap interval understates "
+                    "its uncertainty"
+                )
         low, high, undefined = _percentile_interval(_estimate(name, stats.boot_sums), tail)
         if undefined:
             warns.append(
@@ -1114,16 +1141,15 @@ def _list_column(table: Any, name: str) -> RaggedRows:
     return RaggedRows(flat, offsets)
 
 
-def logs_from_table(table: Any) -> OPELogs:
-    """OPELogs from a ``pyarrow.Table`` (or a Ray Data pyarrow batch) in the OPE schema."""
+def logs_from_table(table: Any, *, reward_column: str = "reward") -> OPELogs:
+    """OPELogs from a ``pyarrow.Table`` (or a Ray Data pyarrow batch) in the OPE schema.
+
+    reward_column: the column read as the reward (e.g. ``conversion`` in an export that
+    has one column per outcome kind).
+    """
     present = set(table.column_names)
-    missing = [c.name for c in OPE_LOG_COLUMNS if c.required and c.name not in present]
-    if missing:
-        raise InvalidLogs(
-            f"joined logs lack required columns {missing}; the schema is "
-            f"{[c.name for c in OPE_LOG_COLUMNS]}"
-        )
-    for name in ("decision_id", "action", "position", "reward", "propensity"):
+    parquet_columns(present, reward_column=reward_column)
+    for name in ("decision_id", "action", "position", reward_column, "propensity"):
         if table[name].null_count:
             raise InvalidLogs(f"column {name!r} has {table[name].null_count} null rows")
 
@@ -1134,7 +1160,7 @@ def logs_from_table(table: Any) -> OPELogs:
         decision_id=table["decision_id"].to_numpy(),
         action=scalar("action"),
         position=scalar("position"),
-        reward=scalar("reward"),
+        reward=scalar(reward_column),
         propensity=scalar("propensity"),
         eval_probs=_list_column(table, "eval_probs"),
         reward_hat=_list_column(table, "reward_hat") if "reward_hat" in present else None,
@@ -1170,16 +1196,22 @@ def logs_to_table(logs: OPELogs) -> Any:
     return pa.table(columns)
 
 
-def parquet_columns(schema_names: Sequence[str]) -> list[str]:
-    """The OPE columns present in a Parquet schema (checks the required ones are)."""
+def parquet_columns(schema_names: Any, *, reward_column: str = "reward") -> list[str]:
+    """The OPE columns present in a schema's ``schema_names`` (the required ones must be).
+
+    reward_column: the column that plays ``reward``.
+    """
     names = set(schema_names)
-    missing = [c.name for c in OPE_LOG_COLUMNS if c.required and c.name not in names]
+    wanted = [reward_column if c.name == "reward" else c.name for c in OPE_LOG_COLUMNS]
+    required = [
+        reward_column if c.name == "reward" else c.name for c in OPE_LOG_COLUMNS if c.required
+    ]
+    missing = [name for name in required if name not in names]
     if missing:
         raise InvalidLogs(
-            f"the Parquet files lack required columns {missing}; the schema is "
-            f"{[c.name for c in OPE_LOG_COLUMNS]}"
+            f"the joined logs lack required columns {missing}; the schema is {wanted}"
         )
-    return [c.name for c in OPE_LOG_COLUMNS if c.name in names]
+    return [name for name in wanted if name in names]
 
 
 def parquet_files(paths: Sequence[str | Path]) -> list[str]:
@@ -1202,12 +1234,13 @@ def parquet_files(paths: Sequence[str | Path]) -> list[str]:
     return files
 
 
-def read_logs_parquet(paths: Sequence[str | Path]) -> OPELogs:
+def read_logs_parquet(paths: Sequence[str | Path], *, reward_column: str = "reward") -> OPELogs:
     """Read joined logs from Parquet files (or directories of them) in the OPE schema."""
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(parquet_files(paths), format="parquet")
-    return logs_from_table(dataset.to_table(columns=parquet_columns(dataset.schema.names)))
+    columns = parquet_columns(dataset.schema.names, reward_column=reward_column)
+    return logs_from_table(dataset.to_table(columns=columns), reward_column=reward_column)
 
 
 def logs_statistics(
@@ -1315,3 +1348,155 @@ def evaluate_logs(
     return summarize(
         stats, names, confidence=confidence, min_ess=min_ess, min_ess_fraction=min_ess_fraction
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation policies as action distributions (slates fill positions 0..P-1 in order)
+
+
+def _scores(name: str, scores: object, n_positions: object) -> tuple[np.ndarray, int]:
+    s = _float_array(name, scores, 2)
+    if isinstance(n_positions, bool) or not isinstance(n_positions, int | np.integer):
+        raise InvalidLogsType(f"n_positions must be an int, got {n_positions!r}")
+    if not 1 <= n_positions <= s.shape[1]:
+        raise InvalidLogs(
+            f"n_positions must be in [1, {s.shape[1]}] (the number of actions), got {n_positions}"
+        )
+    return s, int(n_positions)
+
+
+def greedy_slate_dist(scores: np.ndarray, n_positions: int) -> np.ndarray:
+    """The greedy slate: the k-th highest-scoring action at position k.
+
+    scores: float[n, A]. Returns float64[n, A, P], one-hot over actions per position
+    (ties go to the lower action index).
+    """
+    s, p = _scores("scores", scores, n_positions)
+    n = s.shape[0]
+    order = np.argsort(-s, axis=1, kind="stable")[:, :p]
+    dist = np.zeros((n, s.shape[1], p), dtype=np.float64)
+    dist[np.arange(n)[:, None], order, np.arange(p)[None, :]] = 1.0
+    return dist
+
+
+def plackett_luce_dist(scores: np.ndarray, n_positions: int, temperature: float) -> np.ndarray:
+    """Exact position marginals of a softmax (Plackett-Luce) slate.
+
+    The slate draws position 0 from softmax(scores / temperature), then each next position
+    from the same weights renormalized over the actions not yet shown. Returns
+    float64[n, A, P] with P(action a at position k); exact for P <= 3 (sums over the
+    earlier positions' choices, O(n A^2)). scores: float[n, A].
+    """
+    s, p = _scores("scores", scores, n_positions)
+    if p > 3:
+        raise InvalidLogs(f"plackett_luce_dist is exact for at most 3 positions, got {p}")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise InvalidLogsType(f"temperature must be a number, got {temperature!r}")
+    if not temperature > 0:
+        raise InvalidLogs(f"temperature must be > 0, got {temperature!r}")
+    z = s / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    w = np.exp(z)
+    w = w / w.sum(axis=1, keepdims=True)
+    n, a = w.shape
+    dist = np.zeros((n, a, p), dtype=np.float64)
+    dist[:, :, 0] = w
+    if p == 1:
+        return dist
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rest1 = np.where(w < 1.0, 1.0 - w, np.inf)  # 1 - w_b: mass left after b is shown
+        ratio = w / rest1  # w_b / (1 - w_b)
+        # P(a at 1) = w_a * sum_{b != a} w_b / (1 - w_b)
+        dist[:, :, 1] = w * (ratio.sum(axis=1, keepdims=True) - ratio)
+        if p == 3:
+            step = max(1, _CHUNK_CELLS // (a * a))
+            for start in range(0, n, step):
+                wb = w[start : start + step]
+                rb = ratio[start : start + step]
+                left = 1.0 - wb[:, :, None] - wb[:, None, :]  # mass left after b, c
+                pair = np.where(left > 0, rb[:, :, None] * wb[:, None, :] / left, 0.0)
+                idx = np.arange(a)
+                pair[:, idx, idx] = 0.0
+                # P(a at 2) = w_a * sum over ordered pairs (b, c), both != a, of
+                # w_b/(1-w_b) * w_c/(1-w_b-w_c)
+                total = pair.sum(axis=(1, 2))[:, None]
+                dist[start : start + step, :, 2] = wb * (
+                    total - pair.sum(axis=2) - pair.sum(axis=1)
+                )
+    # Renormalize away rounding so each position sums to 1 exactly enough for validation.
+    dist /= dist.sum(axis=1, keepdims=True)
+    return dist
+
+
+def bernoulli_ts_dist(
+    successes: np.ndarray,
+    failures: np.ndarray,
+    n_positions: int,
+    *,
+    n_sim: int = 100_000,
+    seed: int = 0,
+    prior_alpha: float | np.ndarray = 1.0,
+    prior_beta: float | np.ndarray = 1.0,
+) -> np.ndarray:
+    """Position marginals of Bernoulli Thompson sampling, by Monte-Carlo simulation.
+
+    Each simulated slate draws theta_a ~ Beta(prior_alpha + successes_a, prior_beta +
+    failures_a) and shows the actions in decreasing theta (as obp's ``BernoulliTS``
+    ``compute_batch_action_dist``). successes, failures: float[A] counts; prior_alpha,
+    prior_beta: scalars or float[A] (obp's production prior is per item, with zero
+    counts). Returns float64[A, P]: the share of ``n_sim`` slates with action a at
+    position k.
+    """
+    succ = _float_array("successes", successes, 1)
+    fail = _float_array("failures", failures, 1)
+    if succ.shape != fail.shape:
+        raise InvalidLogs(f"successes {succ.shape} and failures {fail.shape} differ in shape")
+    if succ.size and (succ.min() < 0 or fail.min() < 0):
+        raise InvalidLogs("successes and failures must be >= 0")
+    _, p = _scores("successes", succ[None, :], n_positions)
+    if isinstance(n_sim, bool) or not isinstance(n_sim, int) or n_sim < 1:
+        raise InvalidLogs(f"n_sim must be a positive int, got {n_sim!r}")
+    priors = []
+    for name, value in (("prior_alpha", prior_alpha), ("prior_beta", prior_beta)):
+        arr = _float_array(name, value, (0, 1))
+        if arr.ndim == 1 and arr.shape != succ.shape:
+            raise InvalidLogs(f"{name} must be a scalar or have shape {succ.shape}")
+        priors.append(np.broadcast_to(arr, succ.shape))
+    alpha, beta = priors
+    if alpha.size and (alpha.min() <= 0 or beta.min() <= 0):
+        raise InvalidLogs("prior_alpha and prior_beta must be > 0")
+    rng = np.random.default_rng(_check_seed(seed))
+    a = succ.shape[0]
+    counts = np.zeros((a, p), dtype=np.float64)
+    step = max(1, _CHUNK_CELLS // a)
+    for start in range(0, n_sim, step):
+        m = min(step, n_sim - start)
+        theta = rng.beta(alpha + succ, beta + fail, size=(m, a))
+        top = np.argsort(-theta, axis=1)[:, :p]
+        for k in range(p):
+            counts[:, k] += np.bincount(top[:, k], minlength=a)
+    return counts / n_sim
+
+
+def empirical_slot_dist(
+    actions: np.ndarray, positions: np.ndarray, n_actions: int, n_positions: int
+) -> np.ndarray:
+    """float64[A, P]: how often each action was logged at each position (per position).
+
+    The time-average of the logging policy's position marginals (every row counts once):
+    a context-free summary of a policy that changed while it logged.
+    """
+    acts = _int_array("actions", actions)
+    pos = _int_array("positions", positions)
+    if acts.shape != pos.shape:
+        raise InvalidLogs("actions and positions must have the same length")
+    if acts.size and (acts.min() < 0 or acts.max() >= n_actions):
+        raise InvalidLogs(f"actions must be in [0, {n_actions})")
+    if pos.size and (pos.min() < 0 or pos.max() >= n_positions):
+        raise InvalidLogs(f"positions must be in [0, {n_positions})")
+    counts = np.bincount(pos * n_actions + acts, minlength=n_actions * n_positions)
+    counts = counts.reshape(n_positions, n_actions).T.astype(np.float64)
+    totals = counts.sum(axis=0, keepdims=True)
+    if np.any(totals == 0):
+        raise InvalidLogs("every position needs at least one logged row")
+    return counts / totals

@@ -2,8 +2,9 @@
 
 ``train_obd`` fits the click model on the uniform-random OBD log (unbiased: every item
 was equally likely at every slot), early-stops on a later-in-time validation split,
-Platt-calibrates on that split and evaluates on it and on the whole Bernoulli-Thompson
-(``bts``) log against the global-CTR and per-item-CTR baselines. ``train_hillstrom``
+Platt-calibrates on the whole random log and evaluates on the validation split and on
+the whole Bernoulli-Thompson (``bts``) log, which no step of training sees, against the
+global-CTR and per-item-CTR baselines. ``train_hillstrom``
 fits the uplift model on a stratified split and reports difference-in-means ATEs and the
 model's Qini against random targeting on the held-out test part.
 
@@ -176,14 +177,19 @@ def fit(
     decay = [p for n, p in module.named_parameters() if n not in no_decay]
     keep = [p for n, p in module.named_parameters() if n in no_decay]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": keep, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": keep, "weight_decay": 0.0},
+        ],
         lr=config.learning_rate,
     )
     module.eval()
     with torch.no_grad():
         best_loss = validation_loss()
     best_state, best_epoch, stale = copy.deepcopy(module.state_dict()), 0, 0
-    history: list[dict[str, float]] = [{"epoch": 0, "train_loss": float("nan"), "val_loss": best_loss}]
+    history: list[dict[str, float]] = [
+        {"epoch": 0, "train_loss": float("nan"), "val_loss": best_loss}
+    ]
     bar = tqdm(
         range(1, config.epochs + 1), desc=description, disable=not config.progress, unit="epoch"
     )
@@ -279,7 +285,9 @@ def _obd_chosen_logits(model: ObdClickModel, data: dict, rows: torch.Tensor | No
     if rows is None:
         rows = torch.arange(data["item"].shape[0], device=data["item"].device)
     logits = model.logits(data["user_buckets"][rows], data["affinity"][rows])
-    return logits[torch.arange(rows.shape[0], device=rows.device), data["position"][rows], data["item"][rows]]
+    return logits[
+        torch.arange(rows.shape[0], device=rows.device), data["position"][rows], data["item"][rows]
+    ]
 
 
 def _obd_probabilities(model: ObdClickModel, data: dict) -> np.ndarray:
@@ -317,25 +325,43 @@ def train_obd(config: ObdTrainConfig | None = None, *, command: str = "") -> Tra
     tr, va = _obd_tensors(featurizer, train, device), _obd_tensors(featurizer, val, device)
 
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(_obd_chosen_logits(model, tr, rows), tr["click"][rows])
+        return F.binary_cross_entropy_with_logits(
+            _obd_chosen_logits(model, tr, rows), tr["click"][rows]
+        )
 
     def validation_loss() -> float:
         return float(F.binary_cross_entropy_with_logits(_obd_chosen_logits(model, va), va["click"]))
 
     history, best_epoch = fit(
-        model, batch_loss, validation_loss, len(train), config, device, generator,
-        f"train obd/{config.campaign}", no_decay=("bias",),
+        model,
+        batch_loss,
+        validation_loss,
+        len(train),
+        config,
+        device,
+        generator,
+        f"train obd/{config.campaign}",
+        no_decay=("bias",),
     )
+    # Platt scaling on every random-policy impression (train + validation): the
+    # validation split alone holds a handful of clicks, too few to place an intercept
+    # (its CTR differs from the training split's by more than calibration should chase).
+    # Two parameters barely overfit; the bts log stays untouched for checking calibration.
     with torch.no_grad():
-        val_logits = _obd_chosen_logits(model, va).cpu().numpy()
-    scale, shift = fit_platt(val_logits, val.click)
+        calib_logits = torch.cat([_obd_chosen_logits(model, tr), _obd_chosen_logits(model, va)])
+    calib_clicks = np.concatenate([train.click, val.click])
+    scale, shift = fit_platt(calib_logits.cpu().numpy(), calib_clicks)
     model.calibration_scale.fill_(scale)
     model.calibration_shift.fill_(shift)
     model = model.cpu().eval()
 
     bts = load_obd("bts", config.campaign)
     metrics, summary = evaluate_obd(model, featurizer, train, val, bts, config)
-    metrics["calibration_fit"] = {"scale": scale, "shift": shift, "fitted_on": "validation"}
+    metrics["calibration_fit"] = {
+        "scale": scale,
+        "shift": shift,
+        "fitted_on": f"random/{config.campaign} train + validation",
+    }
     info = TrainingInfo(
         command=command,
         seed=config.seed,
@@ -402,19 +428,24 @@ def evaluate_obd(
             "click model": _obd_probabilities(model, data),
         }
         result = bootstrap_classification(
-            log.click, predictions, n_resamples=config.bootstrap, seed=config.seed,
+            log.click,
+            predictions,
+            n_resamples=config.bootstrap,
+            seed=config.seed,
             reference="per-item CTR",
         )
         clicks = int(log.click.sum())
         metrics[name] = {"impressions": len(log), "clicks": clicks, "models": result}
         rows = []
         for model_name, values in result.items():
-            rows.append([
-                model_name,
-                _ci(values["auc"], 3),
-                _ci(values["log_loss"], 4),
-                _ci(values["calibration"], 2),
-            ])
+            rows.append(
+                [
+                    model_name,
+                    _ci(values["auc"], 3),
+                    _ci(values["log_loss"], 4),
+                    _ci(values["calibration"], 2),
+                ]
+            )
         diff = result["click model"]
         lines.append(
             f"{name}: {len(log)} impressions, {clicks} clicks; paired bootstrap 95% intervals "
@@ -461,14 +492,18 @@ def uplift_loss(model: UpliftModel, data: dict, rows: torch.Tensor | None = None
     raw = raw[torch.arange(rows.shape[0], device=rows.device), data["treatment"][rows]]
     visit, conversion, spend = data["visit"][rows], data["conversion"][rows], data["spend"][rows]
     loss = F.binary_cross_entropy_with_logits(raw[:, 0], visit, reduction="none")
-    loss = loss + visit * F.binary_cross_entropy_with_logits(raw[:, 1], conversion, reduction="none")
+    loss = loss + visit * F.binary_cross_entropy_with_logits(
+        raw[:, 1], conversion, reduction="none"
+    )
     log_mu = raw[:, 2]
     ratio = torch.where(conversion > 0, spend, torch.ones_like(spend)) * torch.exp(-log_mu)
     deviance = 2.0 * (ratio - torch.log(ratio) - 1.0)
     return (loss + conversion * deviance).mean()
 
 
-def train_hillstrom(config: HillstromTrainConfig | None = None, *, command: str = "") -> TrainResult:
+def train_hillstrom(
+    config: HillstromTrainConfig | None = None, *, command: str = ""
+) -> TrainResult:
     """Train and evaluate the Hillstrom uplift model (see the module docstring)."""
     config = config or HillstromTrainConfig()
     started = time.perf_counter()
@@ -529,7 +564,9 @@ def train_hillstrom(config: HillstromTrainConfig | None = None, *, command: str 
     metadata = CheckpointMetadata(
         kind="hillstrom_uplift",
         feature_spec=spec,
-        architecture=HillstromArchitecture(embedding_dim=config.embedding_dim, hidden=config.hidden),
+        architecture=HillstromArchitecture(
+            embedding_dim=config.embedding_dim, hidden=config.hidden
+        ),
         training=info,
         metrics=to_jsonable(metrics),
         weights_sha256="",
@@ -566,8 +603,12 @@ def evaluate_hillstrom(
             ate = ate_difference_in_means(y, test.treatment, arm, control)
             uplift = predicted[:, k, arm] - predicted[:, k, control]
             qini = qini_report(
-                uplift[in_pair], y[in_pair], treated,
-                n_random=config.qini_resamples, n_resamples=config.qini_resamples, seed=config.seed,
+                uplift[in_pair],
+                y[in_pair],
+                treated,
+                n_random=config.qini_resamples,
+                n_resamples=config.qini_resamples,
+                seed=config.seed,
             )
             arm_metrics[outcome] = {
                 "ate_difference_in_means": ate,
@@ -575,35 +616,46 @@ def evaluate_hillstrom(
                 **qini,
             }
             digits = 2 if outcome == "spend" else 4
-            rows.append([
-                arm_name,
-                outcome,
-                f"{ate.ate:.{digits}f} [{ate.low:.{digits}f}, {ate.high:.{digits}f}]",
-                f"{uplift[in_pair].mean():.{digits}f}",
-                _ci(qini["qini"], digits),
-                _ci(qini["random_qini"], digits),
-                f"{qini['qini_normalized']:.3f}",
-                f"{qini['p_random_ge_model']:.3f}",
-            ])
+            rows.append(
+                [
+                    arm_name,
+                    outcome,
+                    f"{ate.ate:.{digits}f} [{ate.low:.{digits}f}, {ate.high:.{digits}f}]",
+                    f"{uplift[in_pair].mean():.{digits}f}",
+                    _ci(qini["qini"], digits),
+                    _ci(qini["random_qini"], digits),
+                    f"{qini['qini_normalized']:.3f}",
+                    f"{qini['p_random_ge_model']:.3f}",
+                ]
+            )
         metrics["treatments"][arm_name] = arm_metrics
 
     observed = predicted[np.arange(len(test)), 0, test.treatment]
-    arm_rates = np.array([train.visit[train.treatment == a].mean() for a in range(len(spec.treatments))])
+    arm_rates = np.array(
+        [train.visit[train.treatment == a].mean() for a in range(len(spec.treatments))]
+    )
     visit_eval = bootstrap_classification(
         test.visit,
         {"per-arm visit rate": arm_rates[test.treatment], "uplift model": observed},
-        n_resamples=config.bootstrap, seed=config.seed, reference="per-arm visit rate",
+        n_resamples=config.bootstrap,
+        seed=config.seed,
+        reference="per-arm visit rate",
     )
     metrics["visit_prediction"] = visit_eval
     table = _format_table(
-        ["treatment", "outcome", "ATE diff-in-means [95% CI]", "model mean uplift",
-         "model Qini [95% CI]", "random-targeting Qini [95% range]", "Qini/perfect",
-         "P(random >= model)"],
+        [
+            "treatment",
+            "outcome",
+            "ATE diff-in-means [95% CI]",
+            "model mean uplift",
+            "model Qini [95% CI]",
+            "random-targeting Qini [95% range]",
+            "Qini/perfect",
+            "P(random >= model)",
+        ],
         rows,
     )
-    visit_rows = [
-        [name, _ci(v["auc"], 3), _ci(v["log_loss"], 4)] for name, v in visit_eval.items()
-    ]
+    visit_rows = [[name, _ci(v["auc"], 3), _ci(v["log_loss"], 4)] for name, v in visit_eval.items()]
     summary = (
         f"Hillstrom test split: {len(test)} customers (held out from training and early "
         "stopping). Qini: area between the model's Qini curve and the random-targeting line, "

@@ -1,0 +1,83 @@
+"""The Ray Serve application: HTTP gateway (decision API, KServe v2), batched use-case
+replicas, typed config, metrics.
+
+Layers, outermost first: ``_router`` (HTTP only) -> ``serving`` / ``kserve`` (decode,
+validate, assign, encode; no HTTP) -> ``usecases`` (batched featurize, score, select; no
+HTTP, no Ray). ``deployments`` and ``app`` put them on Ray Serve. Importing this package
+does not import Ray or torch; ``build_app`` and ``app_builder`` do.
+"""
+
+from .config import (
+    LoadedConfig,
+    ServeConfig,
+    default_config,
+    load_config,
+    parse_config,
+)
+from .decision_api import (
+    Candidate,
+    DecideRequest,
+    DecideResponse,
+    HillstromContext,
+    ObdContext,
+    ObdItemFeatures,
+    RankedAction,
+)
+from .errors import (
+    BatchError,
+    ConfigError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    NotReady,
+    NudgeError,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    http_error,
+)
+
+
+def build_app(config: ServeConfig, **kwargs):
+    """The Ray Serve application for ``config`` (see ``app.build_app``)."""
+    from .app import build_app as _build
+
+    return _build(config, **kwargs)
+
+
+def app_builder(args: dict):
+    """``serve deploy`` entry point (see ``app.app_builder``)."""
+    from .app import app_builder as _builder
+
+    return _builder(args)
+
+
+__all__ = [
+    "BatchError",
+    "Candidate",
+    "ConfigError",
+    "DecideRequest",
+    "DecideResponse",
+    "HillstromContext",
+    "InvalidRequest",
+    "LoadedConfig",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "NotFound",
+    "NotReady",
+    "NudgeError",
+    "ObdContext",
+    "ObdItemFeatures",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RankedAction",
+    "ServeConfig",
+    "UnsupportedMediaType",
+    "app_builder",
+    "build_app",
+    "default_config",
+    "http_error",
+    "load_config",
+    "parse_config",
+]

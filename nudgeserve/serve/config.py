@@ -411,3 +411,38 @@ def load_config(path: str | Path) -> LoadedConfig:
             raise ConfigError("config http_options must be a mapping", "http_options") from None
         raise _config_error(exc, http_raw, "http_options", HttpOptions) from None
     return LoadedConfig(app=settings, http=http, source=str(path))
+
+
+def default_config() -> ServeConfig:
+    """The shipped defaults (the same as ``configs/default.yaml`` in the repository): both
+    use cases on their shipped checkpoints, one example experiment."""
+    return ServeConfig(
+        server=ServerSettings(),
+        use_cases=(
+            ObdUseCase(
+                name="obd",
+                model_name="obd_click",
+                policy=EpsilonGreedy(epsilon=0.1),
+            ),
+            HillstromUseCase(
+                name="hillstrom",
+                model_name="hillstrom_uplift",
+                objective="spend",
+                value_per_unit=1.0,
+                treatment_costs={"Mens E-Mail": 0.1, "Womens E-Mail": 0.1},
+                min_gain=0.0,
+                policy=EpsilonGreedy(epsilon=0.05),
+            ),
+        ),
+        experiments=(
+            Experiment(
+                name="obd_exploration",
+                use_case="obd",
+                salt="obd_exploration",
+                variants=(
+                    Variant(name="greedy", weight=0.5, policy=Greedy()),
+                    Variant(name="plackett_luce", weight=0.5, policy=PlackettLuce(temperature=0.01)),
+                ),
+            ),
+        ),
+    )

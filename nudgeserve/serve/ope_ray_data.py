@@ -43,13 +43,19 @@ def _resolve(paths: Sequence[str | Path]) -> list[str]:
 
 
 def _batch_statistics(
-    batch: Any, *, with_reward_model: bool, max_weight: float, n_bootstrap: int, seed: int
+    batch: Any,
+    *,
+    reward_column: str,
+    with_reward_model: bool,
+    max_weight: float,
+    n_bootstrap: int,
+    seed: int,
 ) -> dict[str, np.ndarray]:
     """One pyarrow batch -> one row holding its encoded ``OPEStatistics``."""
     if batch.num_rows == 0:
         return {"statistics": np.array([], dtype=object)}
     stats = ope.logs_statistics(
-        ope.logs_from_table(batch),
+        ope.logs_from_table(batch, reward_column=reward_column),
         with_reward_model=with_reward_model,
         max_weight=max_weight,
         n_bootstrap=n_bootstrap,
@@ -62,6 +68,7 @@ def parquet_statistics_ray(
     paths: Sequence[str | Path],
     *,
     with_reward_model: bool | None = None,
+    reward_column: str = "reward",
     max_weight: float = ope.DEFAULT_MAX_WEIGHT,
     n_bootstrap: int = ope.DEFAULT_N_BOOTSTRAP,
     seed: int = 0,
@@ -71,6 +78,7 @@ def parquet_statistics_ray(
 
     paths: Parquet files or directories (local, or URIs Ray can read).
     with_reward_model: use the ``reward_hat`` column (default: when the files have it).
+    reward_column: the column read as the reward.
     """
     import ray.data
 
@@ -82,21 +90,26 @@ def parquet_statistics_ray(
     )
     files = _resolve(paths)
     schema = ray.data.read_parquet(files).schema()
-    columns = ope.parquet_columns(schema.names)
+    columns = ope.parquet_columns(schema.names, reward_column=reward_column)
     if with_reward_model is None:
         with_reward_model = "reward_hat" in columns
     elif with_reward_model and "reward_hat" not in columns:
         raise ope.InvalidLogs("column 'reward_hat' is required for dm, dr and sndr")
-    partials = ray.data.read_parquet(files).select_columns(columns).map_batches(
-        _batch_statistics,
-        batch_format="pyarrow",
-        batch_size=batch_rows,
-        fn_kwargs={
-            "with_reward_model": bool(with_reward_model),
-            "max_weight": float(max_weight),
-            "n_bootstrap": int(n_bootstrap),
-            "seed": seed,
-        },
+    partials = (
+        ray.data.read_parquet(files)
+        .select_columns(columns)
+        .map_batches(
+            _batch_statistics,
+            batch_format="pyarrow",
+            batch_size=batch_rows,
+            fn_kwargs={
+                "reward_column": reward_column,
+                "with_reward_model": bool(with_reward_model),
+                "max_weight": float(max_weight),
+                "n_bootstrap": int(n_bootstrap),
+                "seed": seed,
+            },
+        )
     )
     total: ope.OPEStatistics | None = None
     for row in partials.iter_rows():
@@ -117,6 +130,7 @@ def evaluate_parquet_ray(
     seed: int = 0,
     min_ess: float = ope.DEFAULT_MIN_ESS,
     min_ess_fraction: float = ope.DEFAULT_MIN_ESS_FRACTION,
+    reward_column: str = "reward",
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> dict[str, ope.OPEResult]:
     """``ope.evaluate_logs`` over Parquet files, distributed with Ray Data.
@@ -133,6 +147,7 @@ def evaluate_parquet_ray(
     stats = parquet_statistics_ray(
         paths,
         with_reward_model=needs_model,
+        reward_column=reward_column,
         max_weight=max_weight,
         n_bootstrap=n_bootstrap,
         seed=seed,

@@ -28,8 +28,13 @@ N_BOOT = 120
 def local_ray():
     temp = REPO / ".ray" / "ope"
     temp.mkdir(parents=True, exist_ok=True)
-    ray.init(num_cpus=2, _temp_dir=str(temp), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        _temp_dir=str(temp),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield
@@ -92,8 +97,7 @@ def test_ray_data_matches_the_in_memory_estimators(local_ray, synthetic_logs, tm
     directory = _write_parts(joined, tmp_path / "logs", n_files=4)
     distributed = evaluate_parquet_ray([directory], n_bootstrap=N_BOOT, seed=3, batch_rows=2500)
     in_memory = ope.evaluate(**arrays, n_bootstrap=N_BOOT, seed=3)
-    from_files = ope.evaluate_logs(ope.read_logs_parquet([directory]), n_bootstrap=N_BOOT,
-                                   seed=3)
+    from_files = ope.evaluate_logs(ope.read_logs_parquet([directory]), n_bootstrap=N_BOOT, seed=3)
     # The array path has no logging distribution, so it lacks that one support check;
     # compare warnings with the single-process Parquet path and numbers with both.
     _assert_same(distributed, from_files, ope.ESTIMATORS)
@@ -109,15 +113,22 @@ def test_partitioning_does_not_change_the_answer(local_ray, synthetic_logs, tmp_
     one = _write_parts(joined, tmp_path / "one", n_files=1)
     many = _write_parts(joined, tmp_path / "many", n_files=7)
     a = evaluate_parquet_ray([one], n_bootstrap=N_BOOT, seed=5, batch_rows=N_ROWS)
-    b = evaluate_parquet_ray(sorted(many.glob("*.parquet")), n_bootstrap=N_BOOT, seed=5,
-                             batch_rows=997)
+    b = evaluate_parquet_ray(
+        sorted(many.glob("*.parquet")), n_bootstrap=N_BOOT, seed=5, batch_rows=997
+    )
     _assert_same(a, b, (*ope.ESTIMATORS, "on_policy"))
 
 
 def test_estimator_subset_and_missing_columns(local_ray, synthetic_logs, tmp_path):
     joined, _ = synthetic_logs
-    no_model = ope.OPELogs(joined.decision_id, joined.action, joined.position, joined.reward,
-                           joined.propensity, joined.eval_probs)
+    no_model = ope.OPELogs(
+        joined.decision_id,
+        joined.action,
+        joined.position,
+        joined.reward,
+        joined.propensity,
+        joined.eval_probs,
+    )
     directory = _write_parts(no_model, tmp_path / "no_model", n_files=2)
     out = evaluate_parquet_ray([directory], n_bootstrap=20)
     assert set(out) == {"ips", "clipped_ips", "snips", "on_policy"}
@@ -127,3 +138,28 @@ def test_estimator_subset_and_missing_columns(local_ray, synthetic_logs, tmp_pat
     pq.write_table(ope.logs_to_table(no_model).drop_columns(["propensity"]), bad)
     with pytest.raises(ValueError, match="propensity"):
         evaluate_parquet_ray([bad], n_bootstrap=20)
+
+
+def test_cli_ray_flag_gives_the_single_process_report(local_ray, synthetic_logs, tmp_path):
+    import argparse
+    import json
+
+    from nudgeserve.commands import evaluate
+
+    joined, _ = synthetic_logs
+    directory = _write_parts(joined, tmp_path / "cli", n_files=3)
+
+    def run(*extra):
+        parser = argparse.ArgumentParser()
+        evaluate.add_arguments(parser)
+        out = tmp_path / f"r{len(extra)}.json"
+        argv = ["parquet", str(directory), "--n-bootstrap", "60", "--json", str(out), *extra]
+        assert evaluate.run(parser.parse_args(argv)) == 0
+        return json.loads(out.read_text())
+
+    with_ray, single = run("--ray", "--batch-rows", "3000"), run()
+    for name in ope.ESTIMATORS:
+        a, b = with_ray["results"][name], single["results"][name]
+        assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-9)
+        assert a["ci_low"] == pytest.approx(b["ci_low"], rel=1e-9)
+    assert with_ray["logging_policy_value"]["estimate"] == pytest.approx(joined.reward.mean())

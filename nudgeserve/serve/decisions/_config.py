@@ -47,7 +47,7 @@ class DecisionLogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_batch: int = 1024
     max_delay_ms: float = 0.0
-    max_queue: int = 100_000
+    max_queue: int = 50_000
     late_window_s: float = 7 * 24 * 3600.0
     busy_timeout_ms: int = 10_000
     close_timeout_s: float = 60.0
@@ -56,7 +56,8 @@ class DecisionLogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> InvalidDecisionLogConfig:
             return InvalidDecisionLogConfig(
-                f"decision_log.{name} is {getattr(self, name)!r}; {allowed}")
+                f"decision_log.{name} is {getattr(self, name)!r}; {allowed}"
+            )
 
         if not isinstance(self.path, str) or not self.path:
             raise bad("path", "must be a non-empty file path")

@@ -1,18 +1,22 @@
-"""Errors raised by the decision log.
+"""Errors raised by the decision log, in the server's one exception tree.
 
-Each also subclasses the matching builtin so that callers that only know ``ValueError``,
-``TypeError`` or ``RuntimeError`` still catch them; the server turns them into HTTP
-statuses in its one error-mapping function (see README.md beside this file).
+Each is a ``NudgeError`` and subclasses the builtin it means, so ``http_error`` maps it
+without knowing this package: bad feedback is an ``InvalidRequest`` (400), a full queue
+an ``Overloaded`` (503 + Retry-After), a closed log ``NotReady`` (503). A bad
+``DecisionRecord`` is the server's own bug, not the client's, so it stays a plain
+``ValueError``/``TypeError`` (500).
 """
 
 from __future__ import annotations
 
+from ..errors import ConfigError, InvalidRequest, NotReady, NudgeError, Overloaded
 
-class DecisionLogError(Exception):
+
+class DecisionLogError(NudgeError):
     """Root of every error raised by ``nudgeserve.serve.decisions``."""
 
 
-class InvalidDecisionLogConfig(DecisionLogError, ValueError):
+class InvalidDecisionLogConfig(DecisionLogError, ConfigError):
     """A setting is out of range or not one of the allowed values; the message names it."""
 
 
@@ -25,21 +29,21 @@ class InvalidDecisionRecordType(DecisionLogError, TypeError):
     """A decision record field has the wrong type; the message names the field."""
 
 
-class InvalidFeedback(DecisionLogError, ValueError):
+class InvalidFeedback(DecisionLogError, InvalidRequest):
     """A feedback event has a bad value (unknown kind, non-finite value, ...); the message
     names the field. Nothing was written."""
 
 
-class InvalidFeedbackType(DecisionLogError, TypeError):
+class InvalidFeedbackType(DecisionLogError, InvalidRequest, TypeError):
     """A feedback event field has the wrong type; the message names the field."""
 
 
-class DecisionLogOverloaded(DecisionLogError, RuntimeError):
+class DecisionLogOverloaded(DecisionLogError, Overloaded):
     """The writer's queue is full: the caller should shed load (HTTP 503 + Retry-After).
     The record was not accepted, so it is not the log's to keep."""
 
 
-class DecisionLogClosed(DecisionLogError, RuntimeError):
+class DecisionLogClosed(DecisionLogError, NotReady):
     """The log is closed or closing; the record was not accepted."""
 
 

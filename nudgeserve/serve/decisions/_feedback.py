@@ -54,12 +54,15 @@ _SQL_REJOIN = (
 )
 
 
-def _classify(ev: EventRow, decision_time: float, actions_blob: bytes,
-              late_window_s: float) -> tuple[str, str]:
+def _classify(
+    ev: EventRow, decision_time: float, actions_blob: bytes, late_window_s: float
+) -> tuple[str, str]:
     """(status, reason-or-detail) for an event whose decision is known."""
     if ev[4] > decision_time + late_window_s:
-        return "expired", (f"event time is {ev[4] - decision_time:.0f}s after the decision; "
-                           f"the late window is {late_window_s:.0f}s")
+        return "expired", (
+            f"event time is {ev[4] - decision_time:.0f}s after the decision; "
+            f"the late window is {late_window_s:.0f}s"
+        )
     action = ev[5]
     if action is not None and action not in _actions_decoder.decode(actions_blob):
         return "rejected", f"action {action!r} was not chosen by decision {ev[0]!r}"
@@ -69,8 +72,9 @@ def _classify(ev: EventRow, decision_time: float, actions_blob: bytes,
 _REASON = {"expired": "expired", "rejected": "unknown_action", "orphaned": "unknown_decision"}
 
 
-def apply_feedback(conn: sqlite3.Connection, events: Sequence[EventRow],
-                   late_window_s: float) -> list[FeedbackResult]:
+def apply_feedback(
+    conn: sqlite3.Connection, events: Sequence[EventRow], late_window_s: float
+) -> list[FeedbackResult]:
     """Store each event once and say what happened to it, in order.
 
     Must run inside a write transaction. Events later in ``events`` see the effects of
@@ -82,13 +86,19 @@ def apply_feedback(conn: sqlite3.Connection, events: Sequence[EventRow],
         seen = conn.execute(_SQL_SEEN, (did, eid)).fetchone()
         if seen is not None:
             where = "joined" if seen[0] == "joined" else f"kept aside ({seen[0]})"
-            results.append(FeedbackResult(did, eid, "duplicate",
-                                          f"event already received and {where}"))
+            results.append(
+                FeedbackResult(did, eid, "duplicate", f"event already received and {where}")
+            )
             continue
         dec = conn.execute(_SQL_DECISION, (did,)).fetchone()
         if dec is None:
-            status, detail = "orphaned", (f"no decision {did!r}; the event is kept and will "
-                                          "be joined if the decision is logged")
+            status, detail = (
+                "orphaned",
+                (
+                    f"no decision {did!r}; the event is kept and will "
+                    "be joined if the decision is logged"
+                ),
+            )
         else:
             status, detail = _classify(ev, dec[0], dec[1], late_window_s)
         if status == "joined":
@@ -113,11 +123,13 @@ def rejoin_orphans(conn: sqlite3.Connection, after_rowid: int, late_window_s: fl
         status, _ = _classify(ev, r[7], r[8], late_window_s)
         if status == "joined":
             conn.execute(_SQL_JOIN, ev)
-            conn.execute("DELETE FROM orphan_feedback WHERE decision_id = ? AND event_id = ?",
-                         (ev[0], ev[1]))
+            conn.execute(
+                "DELETE FROM orphan_feedback WHERE decision_id = ? AND event_id = ?", (ev[0], ev[1])
+            )
             joined += 1
         else:
-            conn.execute("UPDATE orphan_feedback SET reason = ? "
-                         "WHERE decision_id = ? AND event_id = ?",
-                         (_REASON[status], ev[0], ev[1]))
+            conn.execute(
+                "UPDATE orphan_feedback SET reason = ? WHERE decision_id = ? AND event_id = ?",
+                (_REASON[status], ev[0], ev[1]),
+            )
     return joined

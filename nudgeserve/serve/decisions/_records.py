@@ -29,9 +29,26 @@ from ._errors import (
 OUTCOME_KINDS: tuple[str, ...] = ("click", "visit", "conversion", "spend")
 
 # Export columns other than the per-kind rewards; an outcome kind may not take these names.
-BASE_COLUMNS = frozenset({
-    "decision_id", "time", "unit_id", "experiment", "variant", "policy", "model_version",
-    "action", "position", "score", "propensity", "n_feedback", "candidates", "features"})
+BASE_COLUMNS = frozenset(
+    {
+        "decision_id",
+        "time",
+        "unit_id",
+        "experiment",
+        "variant",
+        "policy",
+        "model_version",
+        "action",
+        "action_id",
+        "position",
+        "score",
+        "propensity",
+        "reward",
+        "n_feedback",
+        "candidates",
+        "features",
+    }
+)
 
 # Longest id accepted for decision_id / event_id / action; keeps one bad client from
 # filling the index with megabyte keys.
@@ -50,7 +67,8 @@ class DecisionRecord(msgspec.Struct, array_like=True, gc=False):
     model_version: version of the scoring model.
     policy: the selection policy as configured, e.g. ``"epsilon_greedy(0.1)"``.
     candidates: str[N], the candidate action ids offered, in request order.
-    actions: str[K], the chosen action ids by slot, position 0 first (K <= N).
+    actions: str[K], the chosen action ids by slot, position 0 first (K <= N); each
+        one of ``candidates``.
     scores: float[K], the model score of each chosen action.
     propensities: float[K], the probability that the policy put ``actions[k]`` at slot
         ``k`` in this context (the Open Bandit Dataset's ``propensity_score``); in (0, 1].
@@ -153,7 +171,8 @@ def validate_decision(rec: DecisionRecord) -> None:
     """
     if type(rec) is not DecisionRecord:
         raise InvalidDecisionRecordType(
-            f"record must be a DecisionRecord, got {type(rec).__name__}")
+            f"record must be a DecisionRecord, got {type(rec).__name__}"
+        )
     for name in ("decision_id", "unit_id", "experiment", "variant", "model_version", "policy"):
         v = getattr(rec, name)
         if type(v) is not str:
@@ -161,7 +180,8 @@ def validate_decision(rec: DecisionRecord) -> None:
     if not rec.decision_id or len(rec.decision_id) > MAX_ID_LENGTH:
         raise InvalidDecisionRecord(
             f"record.decision_id must have 1..{MAX_ID_LENGTH} characters, "
-            f"got {len(rec.decision_id)}")
+            f"got {len(rec.decision_id)}"
+        )
     t = rec.time
     if isinstance(t, bool) or not isinstance(t, (int, float)):
         raise InvalidDecisionRecordType(f"record.time must be float, got {type(t).__name__}")
@@ -171,24 +191,32 @@ def validate_decision(rec: DecisionRecord) -> None:
         v = getattr(rec, name)
         if type(v) not in (list, tuple):
             raise InvalidDecisionRecordType(
-                f"record.{name} must be a list of str, got {type(v).__name__}")
+                f"record.{name} must be a list of str, got {type(v).__name__}"
+            )
         for x in v:
             if type(x) is not str:
                 raise InvalidDecisionRecordType(
-                    f"record.{name} must contain only str, found {type(x).__name__}")
+                    f"record.{name} must contain only str, found {type(x).__name__}"
+                )
     k = len(rec.actions)
     if k == 0:
         raise InvalidDecisionRecord("record.actions must not be empty")
     if k > len(rec.candidates):
         raise InvalidDecisionRecord(
-            f"record.actions has {k} entries but record.candidates only {len(rec.candidates)}")
+            f"record.actions has {k} entries but record.candidates only {len(rec.candidates)}"
+        )
+    for i, a in enumerate(rec.actions):
+        # The export stores each action as its index in candidates (what OPE reads).
+        if a not in rec.candidates:
+            raise InvalidDecisionRecord(f"record.actions[{i}] = {a!r} is not in record.candidates")
     for name in ("scores", "propensities", "features"):
         _num_list(getattr(rec, name), f"record.{name}", InvalidDecisionRecordType)
     for name in ("scores", "propensities"):
         n = len(getattr(rec, name))
         if n != k:
             raise InvalidDecisionRecord(
-                f"record.{name} has {n} entries; must equal len(record.actions) = {k}")
+                f"record.{name} has {n} entries; must equal len(record.actions) = {k}"
+            )
     try:
         for s in rec.scores:
             if not math.isfinite(s):
@@ -201,7 +229,8 @@ def validate_decision(rec: DecisionRecord) -> None:
             math.isnan(f)
     except TypeError as exc:
         raise InvalidDecisionRecordType(
-            f"record.scores/propensities/features must hold numbers: {exc}") from None
+            f"record.scores/propensities/features must hold numbers: {exc}"
+        ) from None
 
 
 def validate_feedback(ev: FeedbackEvent, outcome_kinds: tuple[str, ...]) -> None:
@@ -227,6 +256,7 @@ def validate_feedback(ev: FeedbackEvent, outcome_kinds: tuple[str, ...]) -> None
     if ev.action is not None:
         if type(ev.action) is not str:
             raise InvalidFeedbackType(
-                f"event.action must be str or None, got {type(ev.action).__name__}")
+                f"event.action must be str or None, got {type(ev.action).__name__}"
+            )
         if not ev.action or len(ev.action) > MAX_ID_LENGTH:
             raise InvalidFeedback(f"event.action must have 1..{MAX_ID_LENGTH} characters")

@@ -12,8 +12,9 @@ from typing import Any
 log = logging.getLogger("nudgeserve.decisions")
 
 
-def install_sigterm_handler(logs: Iterable[Any],
-                            signals: Iterable[int] = (signal.SIGTERM,)) -> Callable[[], None]:
+def install_sigterm_handler(
+    logs: Iterable[Any], signals: Iterable[int] = (signal.SIGTERM,)
+) -> Callable[[], None]:
     """On each of ``signals``: close every log (drain + flush), then do what the signal
     did before this handler was installed.
 

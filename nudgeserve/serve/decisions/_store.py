@@ -78,8 +78,17 @@ _record_decoder = msgspec.msgpack.Decoder(DecisionRecord)
 def decision_row(rec: DecisionRecord) -> DecisionRow:
     """Validate ``rec`` and encode it as the stored row (raises naming the bad field)."""
     validate_decision(rec)
-    return (rec.decision_id, float(rec.time), rec.unit_id, rec.experiment, rec.variant,
-            rec.policy, rec.model_version, _encoder.encode(rec.actions), _encoder.encode(rec))
+    return (
+        rec.decision_id,
+        float(rec.time),
+        rec.unit_id,
+        rec.experiment,
+        rec.variant,
+        rec.policy,
+        rec.model_version,
+        _encoder.encode(rec.actions),
+        _encoder.encode(rec),
+    )
 
 
 def _stop_writer(writer: GroupCommitWriter, timeout: float) -> bool:
@@ -112,8 +121,7 @@ class DecisionLog:
         self._writer.start()
         # Drains the queue when the log is garbage-collected or the interpreter exits
         # without close(); it holds the writer, never self, so it cannot keep self alive.
-        self._finalizer = weakref.finalize(self, _stop_writer, self._writer,
-                                           config.close_timeout_s)
+        self._finalizer = weakref.finalize(self, _stop_writer, self._writer, config.close_timeout_s)
 
     # -- decisions ------------------------------------------------------------------
 
@@ -152,12 +160,18 @@ class DecisionLog:
                 raise waiter.error
 
     async def _append_rows_async(self, rows: list[DecisionRow]) -> None:
-        waiter = AsyncWaiter(asyncio.get_running_loop(), self._early_ack)
+        if self._early_ack:
+            # Nobody awaits the commit: a raw-lock waiter costs the loop no wake-up.
+            sync_waiter = SyncWaiter(early_ack=True)
+            if self._submit(DECISIONS, rows, sync_waiter, len(rows)):
+                await self._confirm_async(sync_waiter)
+                if sync_waiter.error is not None:
+                    raise sync_waiter.error
+            return
+        waiter = AsyncWaiter(asyncio.get_running_loop())
         if self._submit(DECISIONS, rows, waiter, len(rows)):
             await self._confirm_async(waiter)
-            await waiter.future
-        elif not self._early_ack:
-            await waiter.future
+        await waiter.future
 
     # -- feedback -----------------------------------------------------------------------
 
@@ -166,7 +180,11 @@ class DecisionLog:
         return self.record_feedback_many([event])[0]
 
     def record_feedback_many(self, events: Sequence[FeedbackEvent]) -> list[FeedbackResult]:
-        """Store outcome events, each once; results in input order, after the commit."""
+        """Store outcome events, each once; results in input order, after the commit.
+
+        Every event is validated first: one bad event raises ``InvalidFeedback`` /
+        ``InvalidFeedbackType`` (naming the field) and none is stored.
+        """
         rows = self._event_rows(events)
         if not rows:
             return []
@@ -183,7 +201,8 @@ class DecisionLog:
         return (await self.record_feedback_many_async([event]))[0]
 
     async def record_feedback_many_async(
-            self, events: Sequence[FeedbackEvent]) -> list[FeedbackResult]:
+        self, events: Sequence[FeedbackEvent]
+    ) -> list[FeedbackResult]:
         rows = self._event_rows(events)
         if not rows:
             return []
@@ -195,7 +214,8 @@ class DecisionLog:
     def _event_rows(self, events: Sequence[FeedbackEvent]) -> list:
         if isinstance(events, FeedbackEvent) or not isinstance(events, Sequence):
             raise InvalidFeedbackType(
-                f"events must be a sequence of FeedbackEvent, got {type(events).__name__}")
+                f"events must be a sequence of FeedbackEvent, got {type(events).__name__}"
+            )
         kinds = self.config.outcome_kinds
         now = time.time()
         rows = []
@@ -215,7 +235,8 @@ class DecisionLog:
         if depth >= self.config.max_queue:
             raise DecisionLogOverloaded(
                 f"decision log queue is full ({depth} pending >= max_queue "
-                f"{self.config.max_queue}); retry later")
+                f"{self.config.max_queue}); retry later"
+            )
         w.queue.put((kind, payload, waiter, n, time.monotonic()))
         return w.closing
 
@@ -228,7 +249,7 @@ class DecisionLog:
         if waiter.error is not None:
             raise waiter.error
 
-    async def _confirm_async(self, waiter: AsyncWaiter) -> None:
+    async def _confirm_async(self, waiter: Waiter) -> None:
         while not waiter.done():
             if self._writer.drained and not waiter.done():
                 raise DecisionLogClosed("decision log closed before the record was queued")
@@ -260,8 +281,10 @@ class DecisionLog:
         """
         t = self.config.close_timeout_s if timeout is None else timeout
         if not self._writer.stop(t):
-            raise TimeoutError(f"decision log writer still draining after {t}s "
-                               f"({self._writer.queue.qsize()} items queued)")
+            raise TimeoutError(
+                f"decision log writer still draining after {t}s "
+                f"({self._writer.queue.qsize()} items queued)"
+            )
         self._finalizer.detach()
 
     async def aclose(self, timeout: float | None = None) -> None:
@@ -284,37 +307,56 @@ class DecisionLog:
         """The committed decision with this id, or None. Opens its own connection."""
         if not isinstance(decision_id, str):
             raise TypeError(f"decision_id must be str, got {type(decision_id).__name__}")
-        conn = connect(self.config.path, self.config.synchronous,
-                       self.config.busy_timeout_ms, readonly=True)
+        conn = connect(
+            self.config.path, self.config.synchronous, self.config.busy_timeout_ms, readonly=True
+        )
         try:
-            row = conn.execute("SELECT record FROM decisions WHERE decision_id = ?",
-                               (decision_id,)).fetchone()
+            row = conn.execute(
+                "SELECT record FROM decisions WHERE decision_id = ?", (decision_id,)
+            ).fetchone()
         finally:
             conn.close()
         return None if row is None else _record_decoder.decode(row[0])
 
-    def export_parquet(self, path: str | os.PathLike[str],
-                       since: float | datetime | None = None,
-                       until: float | datetime | None = None) -> Any:
-        """Flush, then write joined decisions+outcomes to Parquet (see ``export_parquet``)."""
+    def export_parquet(
+        self,
+        path: str | os.PathLike[str],
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+        **options: Any,
+    ) -> Any:
+        """Flush, then write joined decisions+outcomes to Parquet.
+
+        ``options`` are those of ``export_parquet`` (``reward_kind``, ``annotate``,
+        ``chunk_decisions``); the outcome kinds are this log's. Returns an ExportSummary.
+        """
         from ._export import export_parquet
 
         if not self.closed:
             self.flush()
-        return export_parquet(self.config.path, path, since=since, until=until,
-                              outcome_kinds=self.config.outcome_kinds,
-                              busy_timeout_ms=self.config.busy_timeout_ms)
+        return export_parquet(
+            self.config.path,
+            path,
+            since=since,
+            until=until,
+            outcome_kinds=self.config.outcome_kinds,
+            busy_timeout_ms=self.config.busy_timeout_ms,
+            **options,
+        )
 
     def stats(self) -> DecisionLogStats:
         s = self._writer.stats
         return DecisionLogStats(
             written=s.written,
-            duplicate_decisions=s.duplicate_decisions, batches=s.batches,
-            feedback_events=s.feedback_events, spilled=s.spilled,
-            queue_depth=self._writer.queue.qsize(), last_batch_records=s.last_batch_records,
-            last_commit_s=s.last_commit_s)
+            duplicate_decisions=s.duplicate_decisions,
+            batches=s.batches,
+            feedback_events=s.feedback_events,
+            spilled=s.spilled,
+            queue_depth=self._writer.queue.qsize(),
+            last_batch_records=s.last_batch_records,
+            last_commit_s=s.last_commit_s,
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return (f"DecisionLog({self.config.path!r}, durability={self.config.durability!r}, "
-                f"{state})")
+        return f"DecisionLog({self.config.path!r}, durability={self.config.durability!r}, {state})"

@@ -49,8 +49,9 @@ log = logging.getLogger("nudgeserve.decisions")
 DECISIONS, FEEDBACK, FLUSH, STOP = range(4)
 
 _spill_encoder = msgspec.msgpack.Encoder()
-_spill_decoder = msgspec.msgpack.Decoder(list[tuple[str, float, str, str, str, str, str,
-                                                    bytes, bytes]])
+_spill_decoder = msgspec.msgpack.Decoder(
+    list[tuple[str, float, str, str, str, str, str, bytes, bytes]]
+)
 
 
 class SyncWaiter:
@@ -93,6 +94,11 @@ def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> No
         fut.set_result(result)
 
 
+def _settle_many(settles: list) -> None:
+    for fut, result, error in settles:
+        _settle(fut, result, error)
+
+
 class AsyncWaiter:
     """Completion of one item for a coroutine: resolved via ``call_soon_threadsafe``."""
 
@@ -123,8 +129,15 @@ Item = tuple[int, Any, Waiter | None, int, float]
 class WriterStats:
     """Plain counters, written by the writer thread only, read by anyone."""
 
-    __slots__ = ("written", "duplicate_decisions", "batches", "feedback_events", "spilled",
-                 "last_batch_records", "last_commit_s")
+    __slots__ = (
+        "written",
+        "duplicate_decisions",
+        "batches",
+        "feedback_events",
+        "spilled",
+        "last_batch_records",
+        "last_commit_s",
+    )
 
     def __init__(self) -> None:
         self.written = self.duplicate_decisions = self.batches = 0
@@ -148,8 +161,7 @@ class GroupCommitWriter:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
-        self._thread = threading.Thread(target=self._run, name="decision-log-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
 
     # -- lifecycle (called by DecisionLog) -------------------------------------------
 
@@ -302,40 +314,74 @@ class GroupCommitWriter:
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc) or attempt == 5:
                     raise
-                log.warning("decision log busy for %.0fs; retrying",
-                            self.config.busy_timeout_ms / 1000)
+                log.warning(
+                    "decision log busy for %.0fs; retrying", self.config.busy_timeout_ms / 1000
+                )
 
     def _write(self, batch: list[Item]) -> None:
         try:
             results = self._transaction(batch)
         except Exception as exc:
-            if len(batch) == 1:
-                self._fail(batch[0], exc)
+            if len(batch) == 1 or is_busy(exc):
+                # A lock held past every retry is not the items' fault: splitting the
+                # batch would only wait that long again per item.
+                for item in batch:
+                    self._fail(item, exc)
                 return
-            log.warning("decision log batch of %d items failed (%s); writing them one by one",
-                        len(batch), exc)
+            log.warning(
+                "decision log batch of %d items failed (%s); writing them one by one",
+                len(batch),
+                exc,
+            )
             for item in batch:
                 self._write([item])
             return
+        # One wake-up per event loop per batch, not one per record: each
+        # call_soon_threadsafe writes to the loop's self-pipe.
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for item, result in zip(batch, results, strict=True):
-            if item[2] is not None:
-                item[2].resolve(result, None)
+            waiter = item[2]
+            if waiter is None:
+                continue
+            if type(waiter) is AsyncWaiter:
+                waiter._done = True
+                by_loop.setdefault(waiter.loop, []).append((waiter.future, result, None))
+            else:
+                waiter.resolve(result, None)
+        for loop, settles in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_many, settles)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
 
     def _fail(self, item: Item, exc: BaseException) -> None:
         kind, payload, waiter, _, _ = item
+        if kind in (FLUSH, STOP):  # markers carry no data; whatever failed said so itself
+            if waiter is not None:
+                waiter.resolve(None, None)
+            return
         err = DecisionLogWriteError(f"decision log write failed: {exc}")
         err.__cause__ = exc
         if kind == DECISIONS and (waiter is None or waiter.early_ack):
             try:
                 path = self._spill(payload)
             except Exception:
-                log.critical("could not write %d acknowledged decisions to the database nor "
-                             "to a side file; they are lost", len(payload), exc_info=True)
+                log.critical(
+                    "could not write %d acknowledged decisions to the database nor "
+                    "to a side file; they are lost",
+                    len(payload),
+                    exc_info=True,
+                )
                 if waiter is not None:
                     waiter.resolve(None, err)
                 return
-            log.error("could not write %d acknowledged decisions (%s); kept in %s, imported "
-                      "at the next open", len(payload), exc, path)
+            log.error(
+                "could not write %d acknowledged decisions (%s); kept in %s, imported "
+                "at the next open",
+                len(payload),
+                exc,
+                path,
+            )
             if waiter is not None:
                 waiter.resolve(None, None)
             return
@@ -379,7 +425,8 @@ class GroupCommitWriter:
             try:
                 self._begin()
                 last = self._conn.execute(
-                    "SELECT COALESCE(MAX(rowid), 0) FROM decisions").fetchone()[0]
+                    "SELECT COALESCE(MAX(rowid), 0) FROM decisions"
+                ).fetchone()[0]
                 self._conn.executemany(INSERT_DECISION, rows)
                 rejoin_orphans(self._conn, last, self.config.late_window_s)
                 self._conn.execute("COMMIT")

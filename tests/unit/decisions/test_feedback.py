@@ -92,7 +92,9 @@ def test_orphan_outside_the_window_stays_aside_when_its_decision_arrives(open_lo
     log.record_feedback(_click("d0", "bad", time=rec.time, action="not-shown"))
     log.append(rec)
     assert sorted(query(db_path, "SELECT event_id, reason FROM orphan_feedback")) == [
-        ("bad", "unknown_action"), ("late", "expired")]
+        ("bad", "unknown_action"),
+        ("late", "expired"),
+    ]
     assert query(db_path, "SELECT COUNT(*) FROM feedback") == [(0,)]
 
 
@@ -111,7 +113,7 @@ def test_missing_event_time_is_the_receive_time(open_log, db_path):
     log.append(_recent()[0])
     t0 = time.time()
     log.record_feedback(_click("d0"))
-    (t, received), = query(db_path, "SELECT time, received_at FROM feedback")
+    ((t, received),) = query(db_path, "SELECT time, received_at FROM feedback")
     assert t == received and t0 <= t <= time.time()
 
 
@@ -147,15 +149,23 @@ KINDS = ("click", "visit", "conversion", "spend")
 
 def _decision(i: int) -> DecisionRecord:
     return DecisionRecord(
-        decision_id=f"d{i}", time=1000.0 + i, unit_id="u", experiment="e", variant="v",
-        model_version="m", policy="p", candidates=["a", "b", "c", "x"],
-        actions=["a", "b", "c"][: 1 + i % 3], scores=[0.5] * (1 + i % 3),
-        propensities=[0.25] * (1 + i % 3))
+        decision_id=f"d{i}",
+        time=1000.0 + i,
+        unit_id="u",
+        experiment="e",
+        variant="v",
+        model_version="m",
+        policy="p",
+        candidates=["a", "b", "c", "x"],
+        actions=["a", "b", "c"][: 1 + i % 3],
+        scores=[0.5] * (1 + i % 3),
+        propensities=[0.25] * (1 + i % 3),
+    )
 
 
 _event = st.tuples(
-    st.integers(0, 5),                        # decision index (4, 5 never logged)
-    st.sampled_from(["e1", "e2", "e3"]),       # few ids: duplicates are frequent
+    st.integers(0, 5),  # decision index (4, 5 never logged)
+    st.sampled_from(["e1", "e2", "e3"]),  # few ids: duplicates are frequent
     st.sampled_from(KINDS),
     st.sampled_from([1.0, 2.5, -1.0]),
     st.sampled_from([0.0, 50.0, 99.0, 101.0]),  # offset from the decision time
@@ -164,10 +174,10 @@ _event = st.tuples(
 _feedback_op = st.tuples(st.just("feedback"), st.lists(_event, min_size=1, max_size=6))
 # Always: events first (many become orphans), then decisions and events interleaved,
 # then every decision 0-3, so late joins, expiries and rejections all get exercised.
-_ops = st.tuples(_feedback_op,
-                 st.lists(st.one_of(st.tuples(st.just("decide"), st.integers(0, 3)),
-                                    _feedback_op), max_size=10)
-                 ).map(lambda t: [t[0], *t[1], *[("decide", i) for i in range(4)]])
+_ops = st.tuples(
+    _feedback_op,
+    st.lists(st.one_of(st.tuples(st.just("decide"), st.integers(0, 3)), _feedback_op), max_size=10),
+).map(lambda t: [t[0], *t[1], *[("decide", i) for i in range(4)]])
 
 
 class JoinModel:
@@ -240,8 +250,16 @@ def test_join_matches_the_model(ops):
                 for idx, eid, kind, value, offset, action in arg:
                     did = f"d{idx}"
                     ev = (did, eid, kind, value, 1000.0 + idx + offset, action)
-                    events.append(FeedbackEvent(decision_id=did, event_id=eid, kind=kind,
-                                                value=value, time=ev[4], action=action))
+                    events.append(
+                        FeedbackEvent(
+                            decision_id=did,
+                            event_id=eid,
+                            kind=kind,
+                            value=value,
+                            time=ev[4],
+                            action=action,
+                        )
+                    )
                     model.kept_events.setdefault((did, eid), ev)
                     expected.append(model.feedback(ev))
                 got = [r.status for r in log.record_feedback_many(events)]
@@ -255,7 +273,7 @@ def test_join_matches_the_model(ops):
     assert summary.decisions == len(model.decisions)
     assert len(table) == sum(len(r.actions) for r in model.decisions.values())
     for row in table:
-        exp = want[(row["decision_id"], row["action"])]
+        exp = want[(row["decision_id"], row["action_id"])]
         assert {k: row[k] for k in KINDS} == pytest.approx(exp), row["decision_id"]
 
 

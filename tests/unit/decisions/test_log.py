@@ -40,8 +40,9 @@ def test_commit_mode_append_returns_after_the_commit(open_log, db_path):
     for rec in sample_decisions(20):
         log.append(rec)
         # Seen by an independent connection the moment append returns.
-        assert query(db_path, "SELECT 1 FROM decisions WHERE decision_id = ?",
-                     (rec.decision_id,)) == [(1,)]
+        assert query(
+            db_path, "SELECT 1 FROM decisions WHERE decision_id = ?", (rec.decision_id,)
+        ) == [(1,)]
 
 
 def test_commit_mode_waits_for_a_held_lock(open_log, db_path):
@@ -54,6 +55,16 @@ def test_commit_mode_waits_for_a_held_lock(open_log, db_path):
     lock.release()
     assert done.wait(10)
     t.join()
+
+
+def test_a_lock_held_past_every_retry_fails_the_append_not_the_log(open_log, db_path):
+    log = open_log(durability="commit", busy_timeout_ms=20)
+    lock = HeldWriteLock(db_path)
+    with pytest.raises(DecisionLogWriteError, match="locked"):
+        log.append(sample_decisions(1)[0])
+    lock.release()
+    log.append(sample_decisions(2)[1])
+    assert stored_ids(db_path) == {"d1"}
 
 
 def test_enqueue_mode_returns_before_the_commit_and_flush_commits(open_log, db_path):
@@ -94,8 +105,10 @@ def test_batch_commits_at_max_batch_records(open_log, db_path):
 def test_concurrent_commit_mode_appends_share_group_commits(open_log, db_path):
     log = open_log(durability="commit", max_delay_ms=20)
     recs = sample_decisions(400)
-    threads = [threading.Thread(target=lambda part: [log.append(r) for r in part],
-                                args=(recs[i::8],)) for i in range(8)]
+    threads = [
+        threading.Thread(target=lambda part: [log.append(r) for r in part], args=(recs[i::8],))
+        for i in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -143,8 +156,10 @@ def test_every_acknowledged_append_survives_a_concurrent_close(open_log, db_path
     log = open_log(durability="enqueue", max_delay_ms=1)
     acked: list[list[str]] = [[] for _ in range(4)]
     template = sample_decisions(1)[0]
-    streams = [[msgspec.structs.replace(template, decision_id=f"t{i}-{j}")
-                for j in range(50_000)] for i in range(4)]
+    streams = [
+        [msgspec.structs.replace(template, decision_id=f"t{i}-{j}") for j in range(50_000)]
+        for i in range(4)
+    ]
 
     def produce(i):
         for rec in streams[i]:
@@ -244,8 +259,10 @@ def test_async_flush_and_close(open_log, db_path):
 
 def _poison(path):
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TRIGGER poison BEFORE INSERT ON decisions "
-                 "WHEN NEW.unit_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
+    conn.execute(
+        "CREATE TRIGGER poison BEFORE INSERT ON decisions "
+        "WHEN NEW.unit_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+    )
     conn.commit()
     conn.close()
 

@@ -40,8 +40,10 @@ def test_a_new_migration_is_applied_once_to_an_old_file(db_path):
     conn = connect(db_path)
     assert schema_version(conn) == 0
     assert migrate(conn) == SCHEMA_VERSION
-    extra = (*MIGRATIONS, (SCHEMA_VERSION + 1, (
-        "ALTER TABLE decisions ADD COLUMN region TEXT NOT NULL DEFAULT ''",)))
+    extra = (
+        *MIGRATIONS,
+        (SCHEMA_VERSION + 1, ("ALTER TABLE decisions ADD COLUMN region TEXT NOT NULL DEFAULT ''",)),
+    )
     assert migrate(conn, extra) == SCHEMA_VERSION + 1
     assert migrate(conn, extra) == SCHEMA_VERSION + 1  # no second ALTER (it would fail)
     cols = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
@@ -52,8 +54,7 @@ def test_a_new_migration_is_applied_once_to_an_old_file(db_path):
 def test_failed_migration_leaves_the_old_schema(db_path):
     conn = connect(db_path)
     migrate(conn)
-    broken = (*MIGRATIONS, (SCHEMA_VERSION + 1, (
-        "CREATE TABLE extra (x)", "THIS IS NOT SQL")))
+    broken = (*MIGRATIONS, (SCHEMA_VERSION + 1, ("CREATE TABLE extra (x)", "THIS IS NOT SQL")))
     with pytest.raises(sqlite3.OperationalError):
         migrate(conn, broken)
     assert schema_version(conn) == SCHEMA_VERSION

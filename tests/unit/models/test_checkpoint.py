@@ -51,7 +51,9 @@ def test_round_trip(which, request, tmp_path):
 
 def test_spec_mismatch_names_the_fields(obd_trained, tmp_path):
     save_checkpoint(obd_trained.module, obd_trained.metadata, tmp_path / "obd")
-    expected = msgspec.structs.replace(obd_trained.metadata.feature_spec, n_buckets=128, hash_seed=99)
+    expected = msgspec.structs.replace(
+        obd_trained.metadata.feature_spec, n_buckets=128, hash_seed=99
+    )
     with pytest.raises(FeatureSpecMismatch, match="n_buckets: expected 128") as info:
         load_checkpoint(tmp_path / "obd", expected_spec=expected)
     assert set(info.value.differences) == {"n_buckets", "hash_seed"}
@@ -100,7 +102,9 @@ def test_weights_that_do_not_fit_the_architecture(obd_trained, hillstrom_trained
     h = save_checkpoint(hillstrom_trained.module, hillstrom_trained.metadata, tmp_path / "h")
     save_checkpoint(obd_trained.module, obd_trained.metadata, tmp_path / "o")
     meta = read_metadata(tmp_path / "h")
-    fake = msgspec.structs.replace(read_metadata(tmp_path / "o"), weights_sha256=meta.weights_sha256)
+    fake = msgspec.structs.replace(
+        read_metadata(tmp_path / "o"), weights_sha256=meta.weights_sha256
+    )
     (tmp_path / "o.json").write_bytes(msgspec.json.encode(fake))
     (tmp_path / "o.safetensors").write_bytes(h.read_bytes())
     with pytest.raises(CheckpointError, match="do not fit its architecture"):

@@ -72,9 +72,7 @@ def test_time_split_is_ordered_and_complete(obd_random):
     train, val = time_split(obd_random, 0.2)
     assert len(train) == 8000 and len(val) == 2000
     assert train.timestamp.max() <= val.timestamp.min()
-    np.testing.assert_array_equal(
-        np.concatenate([train.item_id, val.item_id]), obd_random.item_id
-    )
+    np.testing.assert_array_equal(np.concatenate([train.item_id, val.item_id]), obd_random.item_id)
     with pytest.raises(ValueError, match="validation_fraction"):
         time_split(obd_random, 1.0)
 

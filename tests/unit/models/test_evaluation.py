@@ -129,8 +129,9 @@ def test_qini_report_flags_an_informative_model():
     assert report["p_random_ge_model"] == 0.0
     assert 0 < report["qini_normalized"] <= 1
     assert report["auuc"] > 0
-    noise = qini_report(np.random.default_rng(9).random(y.size), y, treated, n_random=50,
-                        n_resamples=50, seed=0)
+    noise = qini_report(
+        np.random.default_rng(9).random(y.size), y, treated, n_random=50, n_resamples=50, seed=0
+    )
     assert noise["qini"].low < 0 < noise["qini"].high or noise["p_random_ge_model"] > 0.01
 
 
@@ -145,6 +146,4 @@ def test_smoothed_rate_by_group():
     y = np.array([1, 1, 0, 0, 0, 0], dtype=float)
     rates = smoothed_rate_by_group(groups, y, 3, prior_strength=2.0)
     overall = 2 / 6
-    np.testing.assert_allclose(
-        rates, [(2 + 2 * overall) / 4, (0 + 2 * overall) / 6, overall]
-    )
+    np.testing.assert_allclose(rates, [(2 + 2 * overall) / 4, (0 + 2 * overall) / 6, overall])

@@ -7,12 +7,12 @@ import pytest
 
 from nudgeserve.kernels import hash_categorical
 from nudgeserve.models import (
-    HillstromFeaturizer,
     HillstromFeatureSpec,
+    HillstromFeaturizer,
     InvalidFeatures,
     InvalidFeatureType,
-    ObdFeaturizer,
     ObdFeatureSpec,
+    ObdFeaturizer,
     choose_hash_seed,
 )
 
@@ -32,9 +32,10 @@ def test_obd_fit_spec_picks_a_collision_free_seed(obd_random, obd_featurizer):
         assert np.unique(buckets[:, j]).size == vocab.size
     table = obd_featurizer.item_table(obd_random.items)
     for j in range(3):
-        assert np.unique(table.categorical_buckets[:, j]).size == np.unique(
-            obd_random.items.categorical[:, j]
-        ).size
+        assert (
+            np.unique(table.categorical_buckets[:, j]).size
+            == np.unique(obd_random.items.categorical[:, j]).size
+        )
 
 
 def test_choose_hash_seed_is_smallest_collision_free():

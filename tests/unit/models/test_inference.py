@@ -63,10 +63,13 @@ def test_obd_scorer_matches_training_module(obd_trained, obd_random):
     got = scorer.predict(features)
     assert got.shape == (333, 3, 80) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(scorer.predict(features, position=2), reference[:, 2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        scorer.predict(features, position=2), reference[:, 2], rtol=1e-5, atol=1e-7
+    )
     np.testing.assert_array_equal(scorer.score(users, aff, position=0), scorer.predict(features, 0))
-    assert scorer.predict(features._replace(user_buckets=features.user_buckets[:0],
-                                            affinity=features.affinity[:0]), 1).shape == (0, 80)
+    assert scorer.predict(
+        features._replace(user_buckets=features.user_buckets[:0], affinity=features.affinity[:0]), 1
+    ).shape == (0, 80)
     with pytest.raises(ValueError, match="position"):
         scorer.predict(features, position=3)
 
@@ -134,3 +137,16 @@ def test_cuda_scorer_matches_cpu(obd_trained, obd_random):
     gpu = ObdScorer(loaded, device="cuda", precision="float32")
     features = cpu.featurizer.transform(obd_random.user_features[:128], obd_random.affinity[:128])
     np.testing.assert_allclose(gpu.predict(features), cpu.predict(features), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_obd_scorer_matches_eager(obd_trained, obd_random):
+    # torch.compile takes ~20 s on 2 CPU cores, hence the slow marker.
+    loaded = _loaded(obd_trained)
+    eager = ObdScorer(loaded, device="cpu")
+    compiled = ObdScorer(loaded, device="cpu", compile=True)
+    for b in (5, 64):
+        features = eager.featurizer.transform(obd_random.user_features[:b], obd_random.affinity[:b])
+        np.testing.assert_allclose(
+            compiled.predict(features, 1), eager.predict(features, 1), rtol=1e-5, atol=1e-7
+        )

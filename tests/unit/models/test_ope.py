@@ -129,8 +129,9 @@ def test_estimates_equal_the_textbook_formulas(n, n_actions, max_weight, seed):
     props = behaviour[np.arange(n), actions]
     rewards = rng.random(n)
     q = rng.random((n, n_actions))
-    out = ope.evaluate(actions, rewards, props, pi, reward_hat=q, max_weight=max_weight,
-                       n_bootstrap=20, seed=seed)
+    out = ope.evaluate(
+        actions, rewards, props, pi, reward_hat=q, max_weight=max_weight, n_bootstrap=20, seed=seed
+    )
     ref = _reference(actions, rewards, props, pi, q, max_weight)
     for name in ope.ESTIMATORS:
         assert out[name].estimate == pytest.approx(ref[name], rel=1e-10, abs=1e-12), name
@@ -173,8 +174,9 @@ def test_clipping_above_the_largest_weight_changes_nothing():
     logs = bandit.sample(800, seed=2)
     dist = logs.per_row(bandit.greedy_policy())[:, :, 0]
     w_max = (dist[np.arange(len(logs)), logs.actions] / logs.propensities).max()
-    out = ope.evaluate(logs.actions, logs.rewards, logs.propensities, dist,
-                       max_weight=w_max * 1.01, n_bootstrap=50)
+    out = ope.evaluate(
+        logs.actions, logs.rewards, logs.propensities, dist, max_weight=w_max * 1.01, n_bootstrap=50
+    )
     assert out["clipped_ips"].estimate == out["ips"].estimate
     assert out["clipped_ips"].ci_low == out["ips"].ci_low
     assert not any("clipped" in w for w in out["clipped_ips"].warnings)
@@ -186,8 +188,9 @@ def test_clipping_pulls_the_estimate_toward_zero_and_says_so():
     dist = logs.per_row(bandit.greedy_policy())[:, :, 0]
     w = dist[np.arange(len(logs)), logs.actions] / logs.propensities
     clip = float(np.quantile(w[w > 0], 0.5))
-    out = ope.evaluate(logs.actions, logs.rewards, logs.propensities, dist, max_weight=clip,
-                       n_bootstrap=50)
+    out = ope.evaluate(
+        logs.actions, logs.rewards, logs.propensities, dist, max_weight=clip, n_bootstrap=50
+    )
     expected = np.mean(np.minimum(w, clip) * logs.rewards)
     assert out["clipped_ips"].estimate == pytest.approx(expected)
     assert out["clipped_ips"].estimate < out["ips"].estimate
@@ -201,10 +204,12 @@ def test_self_normalization_ignores_a_common_scale_of_the_propensities():
     logs = bandit.sample(600, seed=5)
     dist = logs.per_row(bandit.softmax_policy(0.2))[:, :, 0]
     q = logs.per_row(bandit.expected_reward)[:, :, 0]
-    a = ope.evaluate(logs.actions, logs.rewards, logs.propensities, dist, reward_hat=q,
-                     n_bootstrap=50)
-    b = ope.evaluate(logs.actions, logs.rewards, logs.propensities * 0.5, dist, reward_hat=q,
-                     n_bootstrap=50)
+    a = ope.evaluate(
+        logs.actions, logs.rewards, logs.propensities, dist, reward_hat=q, n_bootstrap=50
+    )
+    b = ope.evaluate(
+        logs.actions, logs.rewards, logs.propensities * 0.5, dist, reward_hat=q, n_bootstrap=50
+    )
     assert b["ips"].estimate == pytest.approx(2 * a["ips"].estimate)
     assert b["snips"].estimate == pytest.approx(a["snips"].estimate)
     assert b["sndr"].estimate == pytest.approx(a["sndr"].estimate)
@@ -234,8 +239,12 @@ def test_snips_stays_within_the_observed_rewards(seed, n):
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(0, 3000), k=st.integers(1, 12), b=st.integers(2, 64),
-       seed=st.integers(0, 2**64 - 1))
+@given(
+    n=st.integers(0, 3000),
+    k=st.integers(1, 12),
+    b=st.integers(2, 64),
+    seed=st.integers(0, 2**64 - 1),
+)
 def test_bootstrap_kernel_matches_the_numpy_reference(n, k, b, seed):
     rng = np.random.default_rng(seed % 2**32)
     keys = rng.integers(0, 2**63, n).astype(np.uint64)
@@ -264,13 +273,11 @@ def test_bootstrap_is_seeded_and_keyed_by_row_not_by_order():
     again = ope.ips(*args, n_bootstrap=100, seed=1, bootstrap_keys=keys)
     other = ope.ips(*args, n_bootstrap=100, seed=2, bootstrap_keys=keys)
     perm = np.random.default_rng(0).permutation(500)
-    shuffled = ope.ips(*(x[perm] for x in args), n_bootstrap=100, seed=1,
-                       bootstrap_keys=keys[perm])
+    shuffled = ope.ips(*(x[perm] for x in args), n_bootstrap=100, seed=1, bootstrap_keys=keys[perm])
     assert a == again
     assert (a.ci_low, a.ci_high) != (other.ci_low, other.ci_high)
     assert shuffled.estimate == pytest.approx(a.estimate, rel=1e-12)
-    assert (shuffled.ci_low, shuffled.ci_high) == pytest.approx((a.ci_low, a.ci_high),
-                                                               rel=1e-12)
+    assert (shuffled.ci_low, shuffled.ci_high) == pytest.approx((a.ci_low, a.ci_high), rel=1e-12)
 
 
 def test_statistics_of_parts_merge_to_the_whole_and_survive_serialization():
@@ -290,13 +297,13 @@ def test_statistics_of_parts_merge_to_the_whole_and_survive_serialization():
     )
 
     def part(sl):
-        sub = ope.OPELogs(**{k: (v[sl] if v is not None else None)
-                             for k, v in vars(table).items()})
+        sub = ope.OPELogs(**{k: (v[sl] if v is not None else None) for k, v in vars(table).items()})
         return ope.logs_statistics(sub, with_reward_model=True, n_bootstrap=64, seed=9)
 
     whole = part(slice(None))
-    merged = part(slice(0, 300)).merge(ope.OPEStatistics.from_bytes(part(slice(300, None))
-                                                                      .to_bytes()))
+    merged = part(slice(0, 300)).merge(
+        ope.OPEStatistics.from_bytes(part(slice(300, None)).to_bytes())
+    )
     np.testing.assert_allclose(merged.sums, whole.sums, rtol=1e-12)
     np.testing.assert_allclose(merged.boot_sums, whole.boot_sums, rtol=1e-12)
     np.testing.assert_array_equal(merged.logged_counts, whole.logged_counts)
@@ -315,11 +322,23 @@ def test_per_position_distributions_equal_the_selected_rows():
     dist = logs.per_row(bandit.softmax_policy(0.2))
     q = logs.per_row(bandit.expected_reward)
     rows = np.arange(len(logs))
-    three = ope.evaluate(logs.actions, logs.rewards, logs.propensities, dist,
-                         positions=logs.positions, reward_hat=q, n_bootstrap=50)
-    two = ope.evaluate(logs.actions, logs.rewards, logs.propensities,
-                       dist[rows, :, logs.positions], reward_hat=q[rows, :, logs.positions],
-                       n_bootstrap=50)
+    three = ope.evaluate(
+        logs.actions,
+        logs.rewards,
+        logs.propensities,
+        dist,
+        positions=logs.positions,
+        reward_hat=q,
+        n_bootstrap=50,
+    )
+    two = ope.evaluate(
+        logs.actions,
+        logs.rewards,
+        logs.propensities,
+        dist[rows, :, logs.positions],
+        reward_hat=q[rows, :, logs.positions],
+        n_bootstrap=50,
+    )
     for name in ope.ESTIMATORS:
         assert three[name].estimate == pytest.approx(two[name].estimate, rel=1e-12)
         assert three[name].ci_low == pytest.approx(two[name].ci_low, rel=1e-12)
@@ -349,17 +368,31 @@ def test_table_roundtrip_matches_the_array_path_with_decision_keys(tmp_path):
     q = logs.per_row(bandit.expected_reward)
     rows = np.arange(len(logs))
     ids = np.array([f"dec-{i:05d}" for i in rows])
-    joined = ope.OPELogs(ids, logs.actions, logs.positions, logs.rewards, logs.propensities,
-                         dist[rows, :, logs.positions], q[rows, :, logs.positions])
+    joined = ope.OPELogs(
+        ids,
+        logs.actions,
+        logs.positions,
+        logs.rewards,
+        logs.propensities,
+        dist[rows, :, logs.positions],
+        q[rows, :, logs.positions],
+    )
     table = ope.logs_to_table(joined)
-    assert table.column_names == [c.name for c in ope.OPE_LOG_COLUMNS if c.name !=
-                                  "logging_probs"]
+    assert table.column_names == [c.name for c in ope.OPE_LOG_COLUMNS if c.name != "logging_probs"]
     pq.write_table(table.slice(0, 500), tmp_path / "a.parquet")
     pq.write_table(table.slice(500), tmp_path / "b.parquet")
     from_parquet = ope.evaluate_logs(ope.read_logs_parquet([tmp_path]), n_bootstrap=80, seed=4)
-    from_arrays = ope.evaluate(logs.actions, logs.rewards, logs.propensities, dist,
-                               positions=logs.positions, reward_hat=q, n_bootstrap=80, seed=4,
-                               bootstrap_keys=ope.decision_keys(ids))
+    from_arrays = ope.evaluate(
+        logs.actions,
+        logs.rewards,
+        logs.propensities,
+        dist,
+        positions=logs.positions,
+        reward_hat=q,
+        n_bootstrap=80,
+        seed=4,
+        bootstrap_keys=ope.decision_keys(ids),
+    )
     for name in ope.ESTIMATORS:
         a, b = from_parquet[name], from_arrays[name]
         assert a.estimate == pytest.approx(b.estimate, rel=1e-10), name
@@ -369,13 +402,17 @@ def test_table_roundtrip_matches_the_array_path_with_decision_keys(tmp_path):
 
 def test_ragged_candidate_lists_are_evaluated_row_by_row():
     # Three decisions with 2, 3 and 1 candidates (our own logs: candidate sets vary).
-    eval_probs = ope.RaggedRows(np.array([0.5, 0.5, 0.2, 0.3, 0.5, 1.0]),
-                                np.array([0, 2, 5, 6]))
-    reward_hat = ope.RaggedRows(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),
-                                np.array([0, 2, 5, 6]))
-    logs = ope.OPELogs(np.array(["x", "y", "z"]), np.array([1, 2, 0]), np.zeros(3, np.int64),
-                       np.array([1.0, 0.0, 1.0]), np.array([0.5, 0.25, 1.0]), eval_probs,
-                       reward_hat)
+    eval_probs = ope.RaggedRows(np.array([0.5, 0.5, 0.2, 0.3, 0.5, 1.0]), np.array([0, 2, 5, 6]))
+    reward_hat = ope.RaggedRows(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), np.array([0, 2, 5, 6]))
+    logs = ope.OPELogs(
+        np.array(["x", "y", "z"]),
+        np.array([1, 2, 0]),
+        np.zeros(3, np.int64),
+        np.array([1.0, 0.0, 1.0]),
+        np.array([0.5, 0.25, 1.0]),
+        eval_probs,
+        reward_hat,
+    )
     out = ope.evaluate_logs(logs, n_bootstrap=20)
     w = np.array([0.5 / 0.5, 0.5 / 0.25, 1.0])
     dm = np.array([0.5 * 0.1 + 0.5 * 0.2, 0.2 * 0.3 + 0.3 * 0.4 + 0.5 * 0.5, 0.6])
@@ -411,8 +448,9 @@ def test_missing_support_is_flagged_from_the_logging_distribution():
     logging = np.tile([0.5, 0.5, 0.0], (n, 1))
     actions = rng.integers(0, 2, n)
     target = np.tile([0.25, 0.25, 0.5], (n, 1))
-    out = ope.evaluate(actions, rng.random(n), np.full(n, 0.5), target, logging_dist=logging,
-                       n_bootstrap=50)
+    out = ope.evaluate(
+        actions, rng.random(n), np.full(n, 0.5), target, logging_dist=logging, n_bootstrap=50
+    )
     text = " ".join(out["ips"].warnings)
     assert "missing support" in text and "50%" in text
     assert "never seen in the logs" in text
@@ -495,3 +533,197 @@ def test_decision_keys_are_stable_and_distinct():
     assert ope.decision_keys(["a"])[0] != ope.decision_keys(["b"])[0]
     with pytest.raises(TypeError, match="decision ids"):
         ope.decision_keys(np.array([1.5, 2.5]))
+
+
+def test_few_rewarded_rows_are_flagged():
+    n = 400
+    actions = np.zeros(n, dtype=np.int64)
+    rewards = np.zeros(n)
+    rewards[:3] = 1.0
+    out = ope.ips(actions, rewards, np.full(n, 0.5), np.tile([0.5, 0.5], (n, 1)), n_bootstrap=20)
+    assert any("only 3 rows carry both weight and a nonzero reward" in m for m in out.warnings)
+
+
+# ------------------------------------------------------------------ policies as distributions
+
+
+def test_greedy_slate_puts_the_kth_best_action_at_position_k():
+    scores = np.array([[0.1, 0.5, 0.3, 0.5], [3.0, 2.0, 1.0, 0.0]])
+    dist = ope.greedy_slate_dist(scores, 3)
+    assert dist.shape == (2, 4, 3)
+    np.testing.assert_array_equal(dist.argmax(axis=1), [[1, 3, 2], [0, 1, 2]])
+    np.testing.assert_array_equal(dist.sum(axis=1), np.ones((2, 3)))
+    assert dist.sum(axis=2).max() == 1.0  # an action fills at most one slot
+
+
+@pytest.mark.parametrize("n_positions", [1, 2, 3])
+def test_plackett_luce_marginals_match_sampled_slates(n_positions):
+    rng = np.random.default_rng(n_positions)
+    scores = rng.normal(size=(2, 7))
+    temperature = 0.6
+    dist = ope.plackett_luce_dist(scores, n_positions, temperature)
+    np.testing.assert_allclose(dist.sum(axis=1), 1.0, atol=1e-12)
+    z = scores / temperature
+    np.testing.assert_allclose(dist[:, :, 0], np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    # Gumbel top-k draws exactly Plackett-Luce slates.
+    n_draws = 200_000
+    keys = z[:, None, :] + rng.gumbel(size=(2, n_draws, 7))
+    slates = np.argsort(-keys, axis=2)[:, :, :n_positions]
+    for row in range(2):
+        for k in range(n_positions):
+            freq = np.bincount(slates[row, :, k], minlength=7) / n_draws
+            np.testing.assert_allclose(dist[row, :, k], freq, atol=5e-3)
+
+
+def test_bernoulli_ts_simulation_follows_the_posteriors():
+    # Item 2 is clearly best, item 0 clearly second; the others are uncertain and poor.
+    succ = np.array([300.0, 1.0, 900.0, 0.0, 2.0])
+    fail = np.array([700.0, 99.0, 100.0, 50.0, 98.0])
+    dist = ope.bernoulli_ts_dist(succ, fail, 2, n_sim=20_000, seed=1)
+    np.testing.assert_allclose(dist.sum(axis=0), 1.0)
+    assert dist[2, 0] > 0.999 and dist[0, 1] > 0.999
+    again = ope.bernoulli_ts_dist(succ, fail, 2, n_sim=20_000, seed=1)
+    np.testing.assert_array_equal(dist, again)
+    flat = ope.bernoulli_ts_dist(
+        np.zeros(4),
+        np.zeros(4),
+        1,
+        n_sim=40_000,
+        seed=2,
+        prior_alpha=np.full(4, 5.0),
+        prior_beta=5.0,
+    )
+    np.testing.assert_allclose(flat[:, 0], 0.25, atol=0.01)
+
+
+def test_empirical_slot_distribution_counts_each_slot():
+    actions = np.array([0, 1, 1, 2, 2, 2])
+    positions = np.array([0, 0, 0, 1, 1, 0])
+    dist = ope.empirical_slot_dist(actions, positions, 3, 2)
+    np.testing.assert_allclose(dist[:, 0], [0.25, 0.5, 0.25])
+    np.testing.assert_allclose(dist[:, 1], [0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="position"):
+        ope.empirical_slot_dist(actions, np.zeros(6, np.int64), 3, 2)
+
+
+# ------------------------------------------------------------------ the evaluate command
+
+
+def _run_cli(argv):
+    import argparse
+
+    from nudgeserve.commands import evaluate
+
+    parser = argparse.ArgumentParser(prog="nudgeserve evaluate")
+    evaluate.add_arguments(parser)
+    return evaluate.run(parser.parse_args(argv))
+
+
+def test_cli_estimates_bts_from_the_random_log_against_its_on_policy_rate(tmp_path, capsys):
+    from nudgeserve.models import load_obd
+
+    out = tmp_path / "report.json"
+    code = _run_cli(
+        [
+            "obd",
+            "--logs",
+            "random",
+            "--policy",
+            "bts",
+            "--campaign",
+            "men",
+            "--no-model",
+            "--n-bootstrap",
+            "200",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "truth (on-policy click rate of the bts/men log)" in text
+    assert "each item's share of each slot" in text
+    import json
+
+    report = json.loads(out.read_text())
+    bts_ctr = load_obd("bts", "men").click.mean()
+    assert report["truth"]["estimate"] == pytest.approx(bts_ctr)
+    assert set(report["results"]) == {"ips", "clipped_ips", "snips"}
+    ips = report["results"]["ips"]
+    # The empirical bts distribution recovers the bts click rate within the interval.
+    assert ips["ci_low"] <= bts_ctr <= ips["ci_high"]
+
+
+def test_cli_random_policy_on_its_own_log_reproduces_the_click_rate(capsys):
+    from nudgeserve.models import load_obd
+
+    assert (
+        _run_cli(
+            [
+                "obd",
+                "--policy",
+                "random",
+                "--logs",
+                "random",
+                "--campaign",
+                "women",
+                "--no-model",
+                "--n-bootstrap",
+                "50",
+                "--estimators",
+                "ips,snips",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    ctr = load_obd("random", "women").click.mean()
+    ips_line = next(line for line in text.splitlines() if line.startswith("ips "))
+    assert f"{ctr:.5f}" in ips_line and "+0.0%" in ips_line
+
+
+def test_cli_model_policy_uses_rows_the_model_did_not_train_on(capsys):
+    assert _run_cli(["obd", "--policy", "model-softmax", "--n-bootstrap", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "after the 8000 the click model trained on" in text
+    for name in ope.ESTIMATORS:
+        assert any(line.startswith(name + " ") for line in text.splitlines()), name
+
+
+def test_cli_parquet_in_one_process_matches_the_library(tmp_path, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    bandit = make_synthetic_bandit(seed=12)
+    logs = bandit.sample(800, seed=13)
+    joined = ope.OPELogs(
+        np.array([f"d{i}" for i in range(800)]),
+        logs.actions,
+        logs.positions,
+        logs.rewards,
+        logs.propensities,
+        logs.per_row(bandit.softmax_policy(0.3))[:, :, 0],
+    )
+    pq.write_table(ope.logs_to_table(joined), tmp_path / "x.parquet")
+    out = tmp_path / "r.json"
+    assert (
+        _run_cli(
+            ["parquet", str(tmp_path / "x.parquet"), "--n-bootstrap", "60", "--json", str(out)]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    want = ope.evaluate_logs(joined, n_bootstrap=60)
+    for name, res in want.items():
+        assert report["results"][name]["estimate"] == pytest.approx(res.estimate, rel=1e-12)
+        assert report["results"][name]["ci_high"] == pytest.approx(res.ci_high, rel=1e-12)
+    assert report["logging_policy_value"]["estimate"] == pytest.approx(logs.rewards.mean())
+    assert "ips" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+    assert _run_cli(["parquet", str(tmp_path / "nope.parquet")]) == 2
+    assert "no such Parquet file" in capsys.readouterr().err
+    assert _run_cli(["obd", "--policy", "model-greedy", "--no-model"]) == 2
+    assert "needs the click model" in capsys.readouterr().err

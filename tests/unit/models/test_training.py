@@ -89,10 +89,23 @@ def test_train_configs_validate():
 
 def test_train_command_writes_a_loadable_checkpoint(tmp_path, capsys):
     out = tmp_path / "ckpt"
-    code = main([
-        "train", "hillstrom", "--epochs", "1", "--seed", "2", "--out", str(out),
-        "--max-rows", "3000", "--bootstrap", "10", "--no-progress",
-    ])
+    code = main(
+        [
+            "train",
+            "hillstrom",
+            "--epochs",
+            "1",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+            "--max-rows",
+            "3000",
+            "--bootstrap",
+            "10",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "ATE diff-in-means" in printed and "hillstrom.safetensors" in printed

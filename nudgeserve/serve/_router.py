@@ -1,0 +1,325 @@
+"""HTTP routing for the gateway: paths, methods, bodies, headers, status codes.
+
+The only module that knows HTTP. It reads the body (bounded by ``max_body_bytes``,
+decompressing gzip/deflate within the same bound), hands bytes to the serving logic
+(``serving.DecisionService``, ``kserve.V2Codec``) and items to the scorers, and turns every
+exception into a response through ``errors.http_error``.
+
+Routes:
+
+    GET  /v2/health/live | /v2/health/ready | /v2
+    GET  /v2/models/{m}[/versions/{v}]            model metadata
+    GET  /v2/models/{m}[/versions/{v}]/config     Triton-style model config
+    GET  /v2/models/{m}[/versions/{v}]/ready
+    GET  /v2/models[/{m}[/versions/{v}]]/stats    Triton-style statistics
+    POST /v2/models/{m}[/versions/{v}]/infer      JSON or binary tensors
+    POST /v2/repository/index
+    POST /v1/decide                               JSON or msgpack
+    GET  /openapi.json | /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from typing import Any
+
+import msgspec
+from starlette.responses import Response
+
+from nudgeserve import __version__
+
+from ._metrics import ServeMetrics, fetch_metrics, local_metrics_url
+from .config import ServeConfig
+from .decision_api import openapi_document
+from .errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    http_error,
+)
+from .kserve import HEADER_LENGTH, ModelStatistics, V2Codec, server_metadata
+from .serving import DecisionService, media_type
+from .usecases import UseCaseInfo, describe
+
+JSON_TYPE = "application/json"
+
+
+async def bounded(awaitable: Any, timeout_s: float, what: str) -> Any:
+    """``await awaitable`` for at most ``timeout_s`` seconds, else Overloaded (503): a
+    request never waits without bound."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout=timeout_s)
+    except TimeoutError:
+        raise Overloaded(f"{what} did not finish within {timeout_s:g} s", 1.0) from None
+
+
+def _split(path: str) -> list[str]:
+    return [p for p in path.split("/") if p]
+
+
+class Router:
+    """Routes one gateway replica's requests (see the module docstring)."""
+
+    def __init__(self, config: ServeConfig, scorers: dict[str, Any]) -> None:
+        self.config = config
+        self.scorers = scorers
+        self.infos: dict[str, UseCaseInfo] = {u.name: describe(u) for u in config.use_cases}
+        self.models = {info.model_name: info for info in self.infos.values()}
+        self.decisions = DecisionService(self.infos, config.experiments)
+        self.v2 = V2Codec()
+        self.json = msgspec.json.Encoder()
+        self.stats = {
+            info.model_name: ModelStatistics(info.model_name, info.version)
+            for info in self.infos.values()
+        }
+        self.metrics = ServeMetrics()
+        self.max_body = config.server.max_body_bytes
+        self.timeout_s = config.server.request_timeout_s
+        self._ready: set[str] = set()
+        self._session: Any = None
+        self._metrics_url: str | None = None
+        self._openapi = self.json.encode(
+            openapi_document(
+                [{"name": i.name, "kind": i.kind} for i in self.infos.values()], __version__
+            )
+        )
+
+    # -- entry point ------------------------------------------------------------------------
+
+    async def handle(self, request: Any) -> Response:
+        start = time.perf_counter()
+        route = "unknown"
+        try:
+            route, response = await self._dispatch(request)
+        except Exception as exc:  # every failure becomes an HTTP answer, never a crash
+            err = http_error(exc)
+            response = Response(
+                self.json.encode({"error": err.message}),
+                status_code=err.status,
+                headers=dict(err.headers),
+                media_type=JSON_TYPE,
+            )
+        code = str(response.status_code)
+        tags = {"route": route, "code": code}
+        self.metrics.requests.inc(1, tags=tags)
+        if response.status_code >= 400:
+            self.metrics.errors.inc(1, tags=tags)
+        self.metrics.request_latency.observe(time.perf_counter() - start, tags={"route": route})
+        return response
+
+    async def _dispatch(self, request: Any) -> tuple[str, Response]:
+        method = request.method
+        parts = _split(request.url.path)
+        if parts[:2] == ["v1", "decide"] and len(parts) == 2:
+            self._allow(method, "POST")
+            return "/v1/decide", await self.decide(request)
+        if parts and parts[0] == "v2":
+            return await self._v2(request, method, parts[1:])
+        if parts == ["openapi.json"]:
+            self._allow(method, "GET")
+            return "/openapi.json", Response(self._openapi, media_type=JSON_TYPE)
+        if parts == ["metrics"]:
+            self._allow(method, "GET")
+            return "/metrics", await self.prometheus()
+        raise NotFound(f"no route for {request.url.path!r}")
+
+    async def _v2(self, request: Any, method: str, parts: list[str]) -> tuple[str, Response]:
+        if not parts:
+            self._allow(method, "GET")
+            return "/v2", self._json(server_metadata(__version__))
+        if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
+            self._allow(method, "GET")
+            if parts[1] == "live":
+                return "/v2/health/live", Response(b"", status_code=200)
+            await self.check_ready(timeout_s=2.0)
+            return "/v2/health/ready", Response(b"", status_code=200)
+        if parts == ["repository", "index"]:
+            self._allow(method, "POST")
+            index = [
+                {"name": name, "version": info.version, "state": "READY"}
+                for name, info in self.models.items()
+            ]
+            return "/v2/repository/index", self._json(index)
+        if parts[0] != "models" or len(parts) < 2:
+            raise NotFound(f"no route for {request.url.path!r}")
+        if parts == ["models", "stats"]:
+            self._allow(method, "GET")
+            return "/v2/models/stats", self._json(
+                {"model_stats": [s.as_dict() for s in self.stats.values()]}
+            )
+        info = self._model(parts[1])
+        rest = parts[2:]
+        if len(rest) >= 2 and rest[0] == "versions":
+            if rest[1] != info.version:
+                raise ModelNotFound(
+                    f"model {info.model_name!r} has no version {rest[1]!r}; served version: "
+                    f"{info.version!r}"
+                )
+            rest = rest[2:]
+        action = rest[0] if rest else ""
+        if len(rest) > 1 or action not in ("", "config", "ready", "stats", "infer"):
+            raise NotFound(f"no route for {request.url.path!r}")
+        route = "/v2/models/{m}" + (f"/{action}" if action else "")
+        if action == "infer":
+            self._allow(method, "POST")
+            return route, await self.infer(request, info)
+        self._allow(method, "GET")
+        if action == "":
+            return route, self._json(info.signature.metadata())
+        if action == "config":
+            return route, self._json(info.signature.config())
+        if action == "stats":
+            return route, self._json({"model_stats": [self.stats[info.model_name].as_dict()]})
+        await self._check_scorer(info.name, timeout_s=2.0)
+        return route, Response(b"", status_code=200)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def decide(self, request: Any) -> Response:
+        t0 = time.perf_counter()
+        fmt = media_type(request.headers.get("content-type"))
+        body = await self.read_body(request)
+        decoded = self.decisions.decode(body, fmt)
+        item, pending = self.decisions.prepare(decoded, fmt)
+        t1 = time.perf_counter()
+        outcome = await bounded(
+            self.scorers[pending.info.name].decide(item), self.timeout_s, "the decision"
+        )
+        t2 = time.perf_counter()
+        payload = self.decisions.encode(self.decisions.respond(pending, outcome), fmt)
+        t3 = time.perf_counter()
+        tags = {"use_case": pending.info.name}
+        self.metrics.stage_latency.observe(t1 - t0, tags={**tags, "stage": "decode"})
+        self.metrics.stage_latency.observe(t3 - t2, tags={**tags, "stage": "encode"})
+        return Response(payload, media_type=fmt)
+
+    async def infer(self, request: Any, info: UseCaseInfo) -> Response:
+        t0 = time.perf_counter()
+        stats = self.stats[info.model_name]
+        try:
+            body = await self.read_body(request)
+            decoded = self.v2.decode(body, request.headers.get(HEADER_LENGTH), info.signature)
+            t1 = time.perf_counter()
+            outcome = await bounded(
+                self.scorers[info.name].infer(decoded.inputs), self.timeout_s, "the inference"
+            )
+            t2 = time.perf_counter()
+            payload, headers = self.v2.encode(info.signature, decoded, outcome.outputs)
+            t3 = time.perf_counter()
+        except Exception:
+            stats.record_failure(time.perf_counter() - t0)
+            raise
+        times = outcome.times
+        in_batch = times.featurize_s + times.model_s + times.select_s
+        stats.record_success(
+            decoded.batch_size,
+            t3 - t0,
+            max(0.0, (t2 - t1) - in_batch),
+            (t1 - t0 + times.featurize_s, times.model_s, t3 - t2),
+        )
+        tags = {"use_case": info.name}
+        self.metrics.stage_latency.observe(t1 - t0, tags={**tags, "stage": "decode"})
+        self.metrics.stage_latency.observe(t3 - t2, tags={**tags, "stage": "encode"})
+        media = headers.pop("content-type")
+        return Response(payload, headers=headers, media_type=media)
+
+    async def prometheus(self) -> Response:
+        import aiohttp
+
+        if self._metrics_url is None:
+            self._metrics_url = local_metrics_url()
+        if self._metrics_url is None:
+            raise NotReady("metrics export is not available (Ray's metrics agent not found)")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            text = await fetch_metrics(self._session, self._metrics_url)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NotReady(f"metrics export at {self._metrics_url} did not answer: {exc}") from None
+        return Response(text.encode(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def check_ready(self, timeout_s: float) -> None:
+        for name in self.scorers:
+            await self._check_scorer(name, timeout_s)
+
+    async def _check_scorer(self, name: str, timeout_s: float) -> None:
+        if name in self._ready:
+            return
+        try:
+            await bounded(self.scorers[name].ready(), timeout_s, f"use case {name!r}")
+        except Exception as exc:
+            raise NotReady(f"use case {name!r} is not ready: {http_error(exc).message}") from None
+        self._ready.add(name)
+
+    def _model(self, name: str) -> UseCaseInfo:
+        info = self.models.get(name)
+        if info is None:
+            served = ", ".join(sorted(self.models))
+            raise ModelNotFound(f"model {name!r} is not served; served models: {served}")
+        return info
+
+    @staticmethod
+    def _allow(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            raise MethodNotAllowed(f"method {method} is not allowed here", allowed)
+
+    def _json(self, value: Any) -> Response:
+        return Response(self.json.encode(value), media_type=JSON_TYPE)
+
+    async def read_body(self, request: Any) -> bytes:
+        """The body, at most ``max_body_bytes`` before and after decompression (413)."""
+        limit = self.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                raise InvalidRequest(f"must be an integer, got {declared!r}", "Content-Length") from None
+            if n > limit:
+                raise PayloadTooLarge(
+                    f"body of {n} bytes exceeds the limit of {limit} bytes (server.max_body_bytes)"
+                )
+            body = await request.body()
+        else:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"body exceeds the limit of {limit} bytes (server.max_body_bytes)"
+                    )
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise UnsupportedMediaType(
+                f"unsupported encoding {encoding!r}; use gzip, deflate or none", "Content-Encoding"
+            )
+        return _inflate(body, encoding, limit)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"body is not valid {encoding}: {exc}", "Content-Encoding") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(
+            f"decompressed body exceeds the limit of {limit} bytes (server.max_body_bytes)"
+        )
+    if not inflater.eof:
+        raise InvalidRequest(f"body is truncated {encoding} data", "Content-Encoding")
+    return out

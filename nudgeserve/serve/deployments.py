@@ -1,0 +1,138 @@
+"""The Ray Serve deployments: the gateway (HTTP ingress) and the batched use-case scorers.
+
+``UseCaseScorer`` is one use case's replica logic: it loads the model at start (and warms
+up kernels and torch), and its ``decide``/``infer`` calls join ``@serve.batch`` batches
+that are featurized, scored and selected in one go. It runs either as its own deployment
+(``placement: separate``: own replicas, GPU and autoscaling per use case) or inside the
+gateway replica (``placement: colocated``: no process hop).
+
+``Gateway`` is the ingress: HTTP routing only (``_router``), handing bodies to the
+serving logic (``serving``, ``kserve``) and items to the scorers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from ._metrics import ServeMetrics
+from .config import Policy, ServeConfig, UseCase
+from .usecases import DecisionItem, DecisionOutcome, InferOutcome, build_engine
+
+
+class UseCaseScorer:
+    """Batched scoring for one use case (a deployment body, or embedded in the gateway).
+
+    settings: the use case's settings; policies: every policy its decisions may use
+    (experiment variants included) so warm-up touches each.
+    """
+
+    def __init__(self, settings: UseCase, policies: tuple[Policy, ...] = ()) -> None:
+        self.settings = settings
+        self.engine = build_engine(settings)
+        self.engine.extra_policies = tuple(policies)
+        self.warmup_s = self.engine.load()
+        batching = settings.batching
+        for method in (self._decide_batch, self._infer_batch):
+            method.set_max_batch_size(batching.max_batch_size)
+            method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.metrics = ServeMetrics()
+        self._tags = {"use_case": settings.name}
+        self._waiting = 0
+
+    async def ready(self) -> dict[str, Any]:
+        """The loaded model's name and version, and warm-up seconds per step."""
+        info = self.engine.info
+        return {"model_name": info.model_name, "version": info.version, "warmup_s": self.warmup_s}
+
+    async def decide(self, item: DecisionItem) -> DecisionOutcome:
+        """Score and select one decision (joins the current batch)."""
+        return await self._queued(self._decide_batch(item))
+
+    async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
+        """KServe v2 outputs for one request's rows (joins the current batch)."""
+        return await self._queued(self._infer_batch(inputs))
+
+    async def _queued(self, awaitable):
+        self._waiting += 1
+        self.metrics.queue_depth.set(self._waiting, tags=self._tags)
+        try:
+            return await awaitable
+        finally:
+            self._waiting -= 1
+            self.metrics.queue_depth.set(self._waiting, tags=self._tags)
+
+    # CPU work runs on the replica's loop: a batch takes about a millisecond, less than a
+    # hand-off to a thread pool would cost on a small machine; the kernels and torch
+    # release the GIL while they compute.
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        outcomes = self.engine.decide_batch(items)
+        self._record(outcomes[0].times if outcomes else None, "decide")
+        return outcomes
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _infer_batch(self, requests: list[dict[str, Any]]) -> list[InferOutcome]:
+        outcomes = self.engine.infer_batch(requests)
+        self._record(outcomes[0].times if outcomes else None, "infer")
+        return outcomes
+
+    def _record(self, times, method: str) -> None:
+        if times is None:
+            return
+        name = self.settings.name
+        m = self.metrics
+        m.batch_size.observe(times.batch_size, tags={"use_case": name, "method": method})
+        m.stage_latency.observe(times.featurize_s, tags={"use_case": name, "stage": "featurize"})
+        m.stage_latency.observe(times.model_s, tags={"use_case": name, "stage": "model"})
+        if method == "decide":
+            m.stage_latency.observe(times.select_s, tags={"use_case": name, "stage": "select"})
+
+
+class _Remote:
+    """A use-case deployment reached through its handle (placement ``separate``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def decide(self, item: DecisionItem) -> DecisionOutcome:
+        return await self.handle.decide.remote(item)
+
+    async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
+        return await self.handle.infer.remote(inputs)
+
+    async def ready(self) -> dict[str, Any]:
+        return await self.handle.ready.remote()
+
+
+class Gateway:
+    """The HTTP ingress (see ``_router.Router`` for the routes)."""
+
+    def __init__(self, config: ServeConfig, handles: dict[str, Any] | None = None) -> None:
+        from ._router import Router
+
+        handles = handles or {}
+        scorers: dict[str, Any] = {}
+        for settings in config.use_cases:
+            if settings.name in handles:
+                scorers[settings.name] = _Remote(handles[settings.name])
+            else:
+                scorers[settings.name] = UseCaseScorer(settings, policies_of(config, settings))
+        self.router = Router(config, scorers)
+
+    async def __call__(self, request: Any) -> Any:
+        return await self.router.handle(request)
+
+    async def check_health(self) -> None:
+        """Ray Serve's health check: the gateway is healthy once its scorers answer."""
+        await self.router.check_ready(timeout_s=10.0)
+
+
+def policies_of(config: ServeConfig, settings: UseCase) -> tuple[Policy, ...]:
+    """Every policy ``settings``' decisions may use: its own and its experiments'."""
+    found = [settings.policy]
+    for e in config.experiments:
+        if e.use_case == settings.name:
+            found += [v.policy for v in e.variants if v.policy is not None]
+    return tuple(dict.fromkeys(found))

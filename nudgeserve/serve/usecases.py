@@ -1,0 +1,584 @@
+"""The batched scorers behind each use case: featurize a whole batch, run the model once,
+select with the kernels. No HTTP and no Ray: deployments call these, tests call them
+directly.
+
+Each use case has two halves:
+
+- ``UseCaseInfo`` (``describe``): what the gateway needs to validate requests and answer
+  metadata: catalog, limits, the KServe v2 signature. Read from the checkpoint's metadata
+  file, without loading weights.
+- an engine (``ObdEngine`` / ``HillstromEngine``): ``load()`` loads the weights and warms up
+  (kernel compilation, first torch call); ``decide_batch`` and ``infer_batch`` take a list
+  of already validated requests and return exactly one outcome per request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from .config import HillstromUseCase, ObdUseCase, Policy, UseCase
+from .decision_api import HillstromContext, ObdContext, ObdItemFeatures
+from .errors import BatchError, ConfigError
+from .kserve import ModelSignature, TensorSpec
+
+# Shipped checkpoint used by ``checkpoint: default`` per use-case kind.
+DEFAULT_CHECKPOINT = {"obd": "obd", "hillstrom": "hillstrom"}
+# Checkpoint kind each use-case kind needs.
+CHECKPOINT_KIND = {"obd": "obd_click", "hillstrom": "hillstrom_uplift"}
+
+
+class DecisionItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One validated decision request, as the batched scorer takes it.
+
+    context: the use case's context Struct (``ObdContext`` / ``HillstromContext``).
+    candidates: int64[c] catalog indices to choose from, or None for the whole catalog.
+    inline: candidates given by features (OBD), scored after the catalog: the j-th gets
+        index ``n_catalog + j`` in the outcome.
+    excluded: int64[e] catalog indices never to show.
+    k: slate size (validated: 1 <= k <= allowed candidates).
+    seed: the decision's random stream (exploration), from its decision id.
+    """
+
+    context: Any
+    candidates: Any
+    inline: tuple[ObdItemFeatures, ...]
+    excluded: Any
+    k: int
+    policy: Policy
+    seed: int
+
+
+class StageTimes(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Seconds the batch spent per stage, and its size (shared by its requests)."""
+
+    batch_size: int
+    featurize_s: float
+    model_s: float
+    select_s: float
+
+
+class DecisionOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """The scorer's answer to one ``DecisionItem``.
+
+    indices: int64[k] catalog index (or ``n_catalog + j`` for inline candidate j);
+    scores: float32[k]; propensities: float64[k] (probability of that action at that rank
+    given the ranks above it).
+    """
+
+    indices: Any
+    scores: Any
+    propensities: Any
+    times: StageTimes
+
+
+class InferOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """The scorer's answer to one v2 infer request: every output by name, rows as sent."""
+
+    outputs: dict[str, Any]
+    times: StageTimes
+
+
+@dataclass(frozen=True)
+class UseCaseInfo:
+    """What the gateway needs about a use case (no weights, no torch state).
+
+    catalog: the actions by id: OBD item ids ``0..n_items-1``, Hillstrom treatment names.
+    context_fields: names of the raw context fields (for error messages).
+    """
+
+    name: str
+    kind: str
+    model_name: str
+    version: str
+    catalog: tuple[Any, ...]
+    default_k: int
+    max_k: int
+    policy: Policy
+    signature: ModelSignature
+    accepts_inline: bool
+    n_user_fields: int = 0
+
+    @property
+    def n_catalog(self) -> int:
+        return len(self.catalog)
+
+
+def checkpoint_path(settings: UseCase) -> Path:
+    """The weights path the use case loads (``"default"``: the shipped checkpoint)."""
+    from nudgeserve.models import default_checkpoint
+
+    if settings.checkpoint == "default":
+        return default_checkpoint(DEFAULT_CHECKPOINT[_kind(settings)])
+    return Path(settings.checkpoint)
+
+
+def _kind(settings: UseCase) -> str:
+    return "obd" if isinstance(settings, ObdUseCase) else "hillstrom"
+
+
+def describe(settings: UseCase) -> UseCaseInfo:
+    """The use case's ``UseCaseInfo``, from its checkpoint's metadata file.
+
+    Raises ConfigError naming the use case when the checkpoint is missing, unreadable or
+    of the wrong kind, or the settings do not fit it.
+    """
+    from nudgeserve.models import CheckpointError, read_metadata
+
+    kind = _kind(settings)
+    path = checkpoint_path(settings)
+    where = f"use_cases[{settings.name}].checkpoint"
+    try:
+        metadata = read_metadata(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"{where}: {exc}", where) from None
+    if metadata.kind != CHECKPOINT_KIND[kind]:
+        raise ConfigError(
+            f"{where}: {path} is a {metadata.kind!r} checkpoint; a {kind} use case needs "
+            f"{CHECKPOINT_KIND[kind]!r}",
+            where,
+        )
+    version = settings.version or metadata.weights_sha256[:12]
+    spec = metadata.feature_spec
+    batch = settings.batching
+    delay_us = int(batch.batch_wait_timeout_s * 1e6)
+    if isinstance(settings, ObdUseCase):
+        if settings.slot >= spec.n_positions:
+            raise ConfigError(
+                f"use_cases[{settings.name}].slot = {settings.slot} is invalid: the model has "
+                f"{spec.n_positions} positions (0..{spec.n_positions - 1})",
+                f"use_cases[{settings.name}].slot",
+            )
+        n_fields = len(spec.user_feature_names)
+        signature = ModelSignature(
+            name=settings.model_name,
+            version=version,
+            platform="pytorch",
+            inputs=(
+                TensorSpec("user_features", "BYTES", (-1, n_fields)),
+                TensorSpec("affinity", "FP32", (-1, spec.n_items), optional=True),
+            ),
+            outputs=(TensorSpec("click_prob", "FP32", (-1, spec.n_positions, spec.n_items)),),
+            max_batch_size=batch.max_batch_size,
+            max_queue_delay_us=delay_us,
+        )
+        return UseCaseInfo(
+            name=settings.name,
+            kind=kind,
+            model_name=settings.model_name,
+            version=version,
+            catalog=tuple(range(spec.n_items)),
+            default_k=min(spec.n_positions, settings.max_k),
+            max_k=settings.max_k,
+            policy=settings.policy,
+            signature=signature,
+            accepts_inline=True,
+            n_user_fields=n_fields,
+        )
+    assert isinstance(settings, HillstromUseCase)
+    unknown = set(settings.treatment_costs) - set(spec.treatments)
+    if unknown:
+        raise ConfigError(
+            f"use_cases[{settings.name}].treatment_costs names {sorted(unknown)}, which are not "
+            f"treatments of the model; allowed: {', '.join(spec.treatments)}",
+            f"use_cases[{settings.name}].treatment_costs",
+        )
+    n_t = len(spec.treatments)
+    signature = ModelSignature(
+        name=settings.model_name,
+        version=version,
+        platform="pytorch",
+        inputs=(
+            TensorSpec("numeric", "FP32", (-1, len(spec.numeric_names))),
+            TensorSpec("categorical", "BYTES", (-1, len(spec.categorical_names))),
+        ),
+        outputs=tuple(TensorSpec(name, "FP32", (-1, n_t)) for name in ("visit", "conversion", "spend")),
+        max_batch_size=batch.max_batch_size,
+        max_queue_delay_us=delay_us,
+    )
+    return UseCaseInfo(
+        name=settings.name,
+        kind=kind,
+        model_name=settings.model_name,
+        version=version,
+        catalog=tuple(spec.treatments),
+        default_k=1,
+        max_k=min(settings.max_k, n_t),
+        policy=settings.policy,
+        signature=signature,
+        accepts_inline=False,
+    )
+
+
+def check_outcomes(outcomes: list, n_items: int) -> list:
+    """Enforce the batch invariant: exactly one outcome per request."""
+    if len(outcomes) != n_items:
+        raise BatchError(f"batch of {n_items} requests produced {len(outcomes)} outcomes")
+    return outcomes
+
+
+class _Engine:
+    """Shared machinery: settings, info, loading and the timing of a batch."""
+
+    def __init__(self, settings: UseCase) -> None:
+        self.settings = settings
+        self.info = describe(settings)
+        self.loaded: Any = None
+        self.scorer: Any = None
+        # Policies of experiment variants, warmed up too (set before ``load``).
+        self.extra_policies: tuple[Policy, ...] = ()
+
+    def _load_checkpoint(self):
+        from nudgeserve.models import load_checkpoint
+
+        path = checkpoint_path(self.settings)
+        return load_checkpoint(path, expected_kind=CHECKPOINT_KIND[self.info.kind])
+
+    def warmup(self) -> dict[str, float]:
+        """Compile and touch everything a request will use; returns seconds per step."""
+        from nudgeserve.kernels import warmup as warm_kernels
+
+        took = {}
+        t0 = time.perf_counter()
+        warm_kernels()
+        took["kernels"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.scorer.warmup((1, self.settings.batching.max_batch_size))
+        took["model"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for policy in self._policies():
+            self.decide_batch([self.example_item(policy)])
+        self.infer_batch([self.example_inputs()])
+        took["pipeline"] = time.perf_counter() - t0
+        return took
+
+    def _policies(self) -> list[Policy]:
+        return list(dict.fromkeys([self.settings.policy, *self.extra_policies]))
+
+    def example_item(self, policy: Policy) -> DecisionItem:
+        raise NotImplementedError
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        raise NotImplementedError
+
+    def infer_batch(self, requests: list[dict[str, np.ndarray]]) -> list[InferOutcome]:
+        raise NotImplementedError
+
+    def _select(
+        self, scores: np.ndarray, items: list[DecisionItem], excluded: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from ._selection import select_slates
+
+        k_max = max(item.k for item in items)
+        seeds = np.fromiter((item.seed for item in items), dtype=np.uint64, count=len(items))
+        return select_slates(scores, k_max, [item.policy for item in items], seeds, excluded)
+
+
+def _catalog_mask(items: list[DecisionItem], n_rows: int, n_cols: int, n_catalog: int):
+    """bool[B, N] of actions a row may not show (None when every row may show all)."""
+    if all(
+        item.candidates is None and len(item.excluded) == 0 and not item.inline for item in items
+    ) and n_cols == n_catalog:
+        return None
+    excluded = np.zeros((n_rows, n_cols), dtype=np.bool_)
+    for row, item in enumerate(items):
+        if item.candidates is not None:
+            excluded[row, :n_catalog] = True
+            excluded[row, item.candidates] = False
+        if len(item.excluded):
+            excluded[row, item.excluded] = True
+        excluded[row, n_catalog + len(item.inline) :] = True
+    return excluded
+
+
+def _outcomes(
+    items: list[DecisionItem],
+    scores: np.ndarray,
+    idx: np.ndarray,
+    prop: np.ndarray,
+    times: StageTimes,
+) -> list[DecisionOutcome]:
+    out = []
+    for row, item in enumerate(items):
+        chosen = idx[row, : item.k]
+        out.append(
+            DecisionOutcome(
+                indices=chosen,
+                scores=scores[row, chosen],
+                propensities=prop[row, : item.k],
+                times=times,
+            )
+        )
+    return out
+
+
+class ObdEngine(_Engine):
+    """OBD item selection: click probabilities of every catalog item (and of inline items)
+    at ``slot``, then the policy picks the slate."""
+
+    settings: ObdUseCase
+
+    def load(self, device: str | None = None) -> dict[str, float]:
+        """Load weights onto ``device`` (default: the setting) and warm up."""
+        from nudgeserve.models import ObdScorer
+
+        self.loaded = self._load_checkpoint()
+        self.scorer = ObdScorer(
+            self.loaded, device=device or self.settings.device, precision=self.settings.precision
+        )
+        self.featurizer = self.scorer.featurizer
+        self.n_items = self.scorer.n_items
+        self._inline = _InlineItems(self.loaded, self.settings.slot)
+        return self.warmup()
+
+    def example_item(self, policy: Policy) -> DecisionItem:
+        n_fields = self.info.n_user_fields
+        return DecisionItem(
+            context=ObdContext(user_features=["warmup"] * n_fields, affinity=None),
+            candidates=None,
+            inline=(ObdItemFeatures(0.0, "a", "b", "c"),),
+            excluded=np.zeros(0, dtype=np.int64),
+            k=min(self.info.default_k, self.n_items),
+            policy=policy,
+            seed=0,
+        )
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        return {
+            "user_features": np.full((1, self.info.n_user_fields), "warmup", dtype=object),
+            "affinity": np.zeros((1, self.n_items), dtype=np.float32),
+        }
+
+    def _features(self, users: np.ndarray, affinity: np.ndarray | None):
+        return self.featurizer.transform(users, affinity)
+
+    def decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        """Score and select for a batch; one ``DecisionOutcome`` per item, in order."""
+        t0 = time.perf_counter()
+        n = len(items)
+        users = np.empty((n, self.info.n_user_fields), dtype=object)
+        affinity = None
+        for row, item in enumerate(items):
+            users[row] = item.context.user_features
+            if item.context.affinity is not None:
+                if affinity is None:
+                    affinity = np.zeros((n, self.n_items), dtype=np.float32)
+                affinity[row] = item.context.affinity
+        features = self._features(users, affinity)
+        t1 = time.perf_counter()
+        probs = self.scorer.predict(features, position=self.settings.slot)
+        n_inline = max(len(item.inline) for item in items)
+        if n_inline:
+            scores = np.full((n, self.n_items + n_inline), np.nan, dtype=np.float32)
+            scores[:, : self.n_items] = probs
+            for row, item in enumerate(items):
+                if item.inline:
+                    scores[row, self.n_items : self.n_items + len(item.inline)] = (
+                        self._inline.scores(features.user_buckets[row], item.inline)
+                    )
+        else:
+            scores = probs
+        t2 = time.perf_counter()
+        excluded = _catalog_mask(items, n, scores.shape[1], self.n_items)
+        idx, prop = self._select(scores, items, excluded)
+        t3 = time.perf_counter()
+        times = StageTimes(n, t1 - t0, t2 - t1, t3 - t2)
+        return check_outcomes(_outcomes(items, scores, idx, prop, times), n)
+
+    def infer_batch(self, requests: list[dict[str, np.ndarray]]) -> list[InferOutcome]:
+        """KServe v2 infer for a batch of requests (each with its own rows)."""
+        t0 = time.perf_counter()
+        sizes = [r["user_features"].shape[0] for r in requests]
+        users = np.concatenate([r["user_features"] for r in requests], axis=0)
+        affinity = None
+        if any("affinity" in r for r in requests):
+            affinity = np.concatenate(
+                [
+                    r["affinity"]
+                    if "affinity" in r
+                    else np.zeros((s, self.n_items), dtype=np.float32)
+                    for r, s in zip(requests, sizes, strict=True)
+                ],
+                axis=0,
+            )
+        features = self._features(users, affinity)
+        t1 = time.perf_counter()
+        probs = self.scorer.predict(features)
+        t2 = time.perf_counter()
+        bounds = np.cumsum([0, *sizes])
+        times = StageTimes(len(requests), t1 - t0, t2 - t1, 0.0)
+        out = [
+            InferOutcome({"click_prob": probs[a:b]}, times)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        return check_outcomes(out, len(requests))
+
+
+class _InlineItems:
+    """Click probabilities of items given by their features rather than a catalog id.
+
+    A new item has no id embedding and no learned bias, so its vector is the sum of its
+    hashed-feature embeddings and the projection of its standardised numeric features —
+    exactly the catalog item vector minus the id terms — and its logit is the dot product
+    with the user vector plus the global and slot biases, calibrated like catalog items.
+    Features go through the model's own featurizer (``item_table``) so hashing and
+    standardisation match training.
+    """
+
+    def __init__(self, loaded: Any, slot: int) -> None:
+        import torch
+
+        from nudgeserve.models import ObdFeaturizer
+
+        self._torch = torch
+        self.model = loaded.module
+        self.spec = loaded.spec
+        self.slot = slot
+        self._ObdFeaturizer = ObdFeaturizer
+
+    def item_vectors(self, inline: tuple[ObdItemFeatures, ...]):
+        """float32[n, dim] tensor for ``inline`` items."""
+        from nudgeserve.models import ObdItemContext
+
+        n = len(inline)
+        spec = msgspec.structs.replace(self.spec, n_items=n)
+        numeric = np.asarray([[f.item_feature_0] for f in inline], dtype=np.float32)
+        categorical = np.asarray(
+            [[f.item_feature_1, f.item_feature_2, f.item_feature_3] for f in inline], dtype=object
+        )
+        table = self._ObdFeaturizer(spec).item_table(
+            ObdItemContext(
+                item_id=np.arange(n, dtype=np.int64),
+                numeric=numeric,
+                categorical=categorical,
+                categorical_buckets=np.zeros((n, 3), dtype=np.int64),
+            )
+        )
+        torch = self._torch
+        m = self.model
+        buckets = torch.from_numpy(table.categorical_buckets)
+        with torch.inference_mode():
+            embedded = m.item_feature_embedding(buckets + m.item_offsets).sum(dim=1)
+            return embedded + m.item_numeric_projection(torch.from_numpy(table.numeric))
+
+    def scores(self, user_buckets: np.ndarray, inline: tuple[ObdItemFeatures, ...]) -> np.ndarray:
+        """float32[n] click probabilities of ``inline`` items for one user (int64[F])."""
+        torch = self._torch
+        m = self.model
+        with torch.inference_mode():
+            user = m.user_vectors(torch.from_numpy(np.ascontiguousarray(user_buckets[None, :])))
+            logits = self.item_vectors(inline) @ user[0] + m.bias + m.position_bias[self.slot]
+            probs = torch.sigmoid(m.calibration_scale * logits + m.calibration_shift)
+        return probs.numpy().astype(np.float32)
+
+
+class HillstromEngine(_Engine):
+    """E-mail intervention choice: each treatment's expected net gain over the control,
+    then the policy picks (the control scores ``min_gain``)."""
+
+    settings: HillstromUseCase
+
+    def load(self, device: str | None = None) -> dict[str, float]:
+        from nudgeserve.models import HillstromScorer
+
+        self.loaded = self._load_checkpoint()
+        self.scorer = HillstromScorer(
+            self.loaded, device=device or self.settings.device, precision=self.settings.precision
+        )
+        self.featurizer = self.scorer.featurizer
+        spec = self.loaded.spec
+        self.treatments = tuple(spec.treatments)
+        self.control = spec.control_index
+        self.costs = np.asarray(
+            [self.settings.treatment_costs.get(t, 0.0) for t in self.treatments], dtype=np.float32
+        )
+        self.numeric_names = tuple(spec.numeric_names)
+        self.categorical_names = tuple(spec.categorical_names)
+        return self.warmup()
+
+    def example_item(self, policy: Policy) -> DecisionItem:
+        return DecisionItem(
+            context=HillstromContext(1.0, 100.0, 1.0, 0.0, 0.0, "2) $100 - $200", "Urban", "Web"),
+            candidates=None,
+            inline=(),
+            excluded=np.zeros(0, dtype=np.int64),
+            k=1,
+            policy=policy,
+            seed=0,
+        )
+
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        return {
+            "numeric": np.ones((1, len(self.numeric_names)), dtype=np.float32),
+            "categorical": np.full((1, len(self.categorical_names)), "Web", dtype=object),
+        }
+
+    def net_gain(self, columns: dict[str, Any]) -> np.ndarray:
+        """float32[B, T]: uplift in the objective x value - cost; the control gets
+        ``min_gain``."""
+        prediction = self.scorer.predict(self.featurizer.transform(columns))
+        return self._gain(prediction)
+
+    def _gain(self, prediction) -> np.ndarray:
+        s = self.settings
+        gain = prediction.uplift(s.objective) * np.float32(s.value_per_unit) - self.costs
+        gain[:, self.control] = s.min_gain
+        return np.ascontiguousarray(gain, dtype=np.float32)
+
+    def decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        t0 = time.perf_counter()
+        n = len(items)
+        columns: dict[str, Any] = {
+            name: [getattr(item.context, name) for item in items]
+            for name in (*self.numeric_names, *self.categorical_names)
+        }
+        features = self.featurizer.transform(columns)
+        t1 = time.perf_counter()
+        scores = self._gain(self.scorer.predict(features))
+        t2 = time.perf_counter()
+        excluded = _catalog_mask(items, n, scores.shape[1], len(self.treatments))
+        idx, prop = self._select(scores, items, excluded)
+        t3 = time.perf_counter()
+        times = StageTimes(n, t1 - t0, t2 - t1, t3 - t2)
+        return check_outcomes(_outcomes(items, scores, idx, prop, times), n)
+
+    def infer_batch(self, requests: list[dict[str, np.ndarray]]) -> list[InferOutcome]:
+        t0 = time.perf_counter()
+        sizes = [r["numeric"].shape[0] for r in requests]
+        numeric = np.concatenate([r["numeric"] for r in requests], axis=0)
+        categorical = np.concatenate([r["categorical"] for r in requests], axis=0)
+        columns: dict[str, Any] = {n: numeric[:, j] for j, n in enumerate(self.numeric_names)}
+        columns.update({n: categorical[:, j] for j, n in enumerate(self.categorical_names)})
+        features = self.featurizer.transform(columns)
+        t1 = time.perf_counter()
+        prediction = self.scorer.predict(features)
+        t2 = time.perf_counter()
+        bounds = np.cumsum([0, *sizes])
+        times = StageTimes(len(requests), t1 - t0, t2 - t1, 0.0)
+        out = [
+            InferOutcome(
+                {
+                    "visit": prediction.visit[a:b],
+                    "conversion": prediction.conversion[a:b],
+                    "spend": prediction.spend[a:b],
+                },
+                times,
+            )
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        return check_outcomes(out, len(requests))
+
+
+def build_engine(settings: UseCase) -> ObdEngine | HillstromEngine:
+    """The engine for ``settings`` (not loaded: call ``load()`` in the replica)."""
+    if isinstance(settings, ObdUseCase):
+        return ObdEngine(settings)
+    return HillstromEngine(settings)
