@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     records = sample_decisions(
         max(args.records, args.latency_requests), seed=0, start_time=time.time()
     )
+    load_before = os.getloadavg()
     through, lat = [], []
     for s in syncs:
         base_n = args.baseline_records or (args.records if s == "NORMAL" else 2000)
@@ -330,13 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         f"\ndatabase files in {where} ({_fs_type(where)}); "
         f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, records of "
-        f"{len(decision_row(records[0])[-1])} bytes"
+        f"{len(decision_row(records[0])[-1])} bytes; load average before/after "
+        f"{load_before[0]:.1f}/{os.getloadavg()[0]:.1f} (other processes skew the figures)"
     )
-    print(f"\n{'sync':<7} {'case':<50} {'records':>8} {'decisions/s':>12} {'ratio':>8}")
+    print(f"\n{'sync':<7} {'case':<62} {'records':>8} {'decisions/s':>12} {'ratio':>8}")
     for r in through:
         tag = " (baseline)" if r["baseline"] else ""
         print(
-            f"{r['synchronous']:<7} {(r['case'] + tag):<50} {r['records']:>8} "
+            f"{r['synchronous']:<7} {(r['case'] + tag):<62} {r['records']:>8} "
             f"{r['median_per_s']:>12,.0f} {r['ratio_vs_best_baseline']:>7.1f}x"
         )
     print(
@@ -358,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                         "python": platform.python_version(),
                         "sqlite": sqlite3.sqlite_version,
                         "file_system": _fs_type(where),
+                        "load_average_before": load_before[0],
                     },
                     "throughput": through,
                     "latency": lat,

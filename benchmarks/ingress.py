@@ -89,8 +89,9 @@ def _serve_tiny(port: int) -> None:
     direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" or (
         os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
     )
-    ray.init(_temp_dir=str(default_temp_dir().resolve()), include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        _temp_dir=str(default_temp_dir().resolve()), include_dashboard=False, log_to_driver=False
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": free_port() if direct else port})
     serve.run(Tiny.bind(), route_prefix="/")
     stop = []
@@ -116,8 +117,9 @@ def _start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subproc
     from nudgeserve.serve._local import wait_ready
 
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_ready(f"http://127.0.0.1:{port}", 240)
     except TimeoutError:
@@ -136,8 +138,9 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _wrk(url: str, body: bytes, content_type: str, duration: float, connections: int,
-         workdir: Path) -> tuple[float, float, float, int]:
+def _wrk(
+    url: str, body: bytes, content_type: str, duration: float, connections: int, workdir: Path
+) -> tuple[float, float, float, int]:
     body_path = workdir / "body.bin"
     body_path.write_bytes(body)
     script = workdir / "post.lua"
@@ -148,9 +151,10 @@ def _wrk(url: str, body: bytes, content_type: str, duration: float, connections:
         f'wrk.headers["Content-Type"] = "{content_type}"\n'
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script),
-         url],
-        capture_output=True, text=True, check=True,
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -169,13 +173,11 @@ def _obd_bodies() -> dict[str, tuple[bytes, str]]:
     log = load_obd("random", "all")
     users = [str(u) for u in log.user_features[0]]
     affinity = [float(a) for a in log.affinity[0]]
-    decide = {"use_case": "obd", "context": {"user_features": users, "affinity": affinity},
-              "k": 3}
+    decide = {"use_case": "obd", "context": {"user_features": users, "affinity": affinity}, "k": 3}
     infer = {
         "inputs": [
             {"name": "user_features", "datatype": "BYTES", "shape": [1, 4], "data": users},
-            {"name": "affinity", "datatype": "FP32", "shape": [1, len(affinity)],
-             "data": affinity},
+            {"name": "affinity", "datatype": "FP32", "shape": [1, len(affinity)], "data": affinity},
         ]
     }
     return {
@@ -226,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if "tiny" in args.apps:
             runs += [("tiny", "-", m) for m in modes]
         if "nudgeserve" in args.apps:
-            runs += [
-                ("nudgeserve", p, m) for p in args.placements.split(",") if p for m in modes
-            ]
+            runs += [("nudgeserve", p, m) for p in args.placements.split(",") if p for m in modes]
         bodies = _obd_bodies() if "nudgeserve" in args.apps else {}
         tiny_body = {"/": (b"\x00\x00\x80\x3f" * 16, "application/octet-stream")}
         for app, placement, mode in runs:
@@ -238,42 +238,71 @@ def main(argv: list[str] | None = None) -> int:
                 routes = tiny_body
             else:
                 cfg = _config_file(workdir, mode, placement)
-                cmd = [sys.executable, "-m", "nudgeserve.cli", "run", "--config", str(cfg),
-                       "--port", str(port)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "nudgeserve.cli",
+                    "run",
+                    "--config",
+                    str(cfg),
+                    "--port",
+                    str(port),
+                ]
                 routes = bodies
-            print(f"{app} {placement} {mode}: starting on port {port}", file=sys.stderr,
-                  flush=True)
+            print(f"{app} {placement} {mode}: starting on port {port}", file=sys.stderr, flush=True)
             proc = _start(cmd, _env_for(mode, port), port, workdir / f"{app}-{mode}.log")
             try:
                 for route, (body, ctype) in routes.items():
                     samples = [
-                        _wrk(f"http://127.0.0.1:{port}{route}", body, ctype, args.duration,
-                             args.connections, workdir)
+                        _wrk(
+                            f"http://127.0.0.1:{port}{route}",
+                            body,
+                            ctype,
+                            args.duration,
+                            args.connections,
+                            workdir,
+                        )
                         for _ in range(args.repeats)
                     ]
                     rps = statistics.median(s[0] for s in samples)
-                    row = Row(app, placement, route, mode, rps,
-                              statistics.median(s[1] for s in samples),
-                              statistics.median(s[2] for s in samples),
-                              sum(s[3] for s in samples))
+                    row = Row(
+                        app,
+                        placement,
+                        route,
+                        mode,
+                        rps,
+                        statistics.median(s[1] for s in samples),
+                        statistics.median(s[2] for s in samples),
+                        sum(s[3] for s in samples),
+                    )
                     rows.append(row)
-                    print(f"  {route}: {rps:,.0f} req/s p50 {row.p50_ms:.2f} ms "
-                          f"p99 {row.p99_ms:.2f} ms non-2xx {row.non_2xx}", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"  {route}: {rps:,.0f} req/s p50 {row.p50_ms:.2f} ms "
+                        f"p99 {row.p99_ms:.2f} ms non-2xx {row.non_2xx}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             finally:
                 _stop(proc)
     for row in rows:
-        base = [r for r in rows if (r.app, r.placement, r.route, r.mode)
-                == (row.app, row.placement, row.route, "proxy")]
+        base = [
+            r
+            for r in rows
+            if (r.app, r.placement, r.route, r.mode) == (row.app, row.placement, row.route, "proxy")
+        ]
         if base and base[0].rps > 0:
             row.ratio = row.rps / base[0].rps
-    header = f"{'app':<11}{'placement':<10}{'route':<29}{'mode':<22}{'req/s':>9}{'p50 ms':>9}" \
-             f"{'p99 ms':>9}{'x proxy':>9}"
+    header = (
+        f"{'app':<11}{'placement':<10}{'route':<29}{'mode':<22}{'req/s':>9}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'x proxy':>9}"
+    )
     print(header)
     for r in rows:
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-        print(f"{r.app:<11}{r.placement:<10}{r.route:<29}{r.mode:<22}{r.rps:>9,.0f}"
-              f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{ratio:>9}")
+        print(
+            f"{r.app:<11}{r.placement:<10}{r.route:<29}{r.mode:<22}{r.rps:>9,.0f}"
+            f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{ratio:>9}"
+        )
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 0

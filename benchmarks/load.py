@@ -282,8 +282,8 @@ def running(system: str, args: argparse.Namespace, run_dir: Path) -> Iterator[st
         server.stop()
 
 
-def check_v2_contract(system: str, base: str) -> None:
-    """The model metadata must declare the tensors the request set uses."""
+def check_v2_contract(system: str, base: str) -> dict:
+    """The model metadata (returned) must declare the tensors the request set uses."""
     status, body = http_get(f"{base}/v2/models/{wl.V2_MODEL}")
     if status != 200:
         raise RuntimeError(
@@ -299,6 +299,41 @@ def check_v2_contract(system: str, base: str) -> None:
             f"outputs {sorted(outs)}; the benchmark sends {sorted(want)} and "
             f"reads {wl.V2_OUTPUT}"
         )
+    return meta
+
+
+def perf_analyzer_problem(meta: dict) -> str | None:
+    """Why perf_analyzer cannot drive a model with this metadata, or None.
+
+    perf_analyzer 2.48 parses model versions with ``std::stoll`` when it reads server-side
+    statistics and aborts (``terminate ... std::invalid_argument: stoll``) on a version that
+    is not an integer, although the v2 protocol allows any string.
+    """
+    versions = [str(v) for v in meta.get("versions", [])]
+    bad = [v for v in versions if not v.isdigit()]
+    if bad:
+        return (
+            f"model versions {bad} are not integers, which perf_analyzer requires "
+            "(it aborts in std::stoll reading statistics)"
+        )
+    return None
+
+
+def settle(system: str, target: HttpTarget, quiet_s: float = 0.25, limit_s: float = 60.0) -> None:
+    """Wait until the server answers one request within ``quiet_s``: an overloaded
+    open-loop point leaves a backlog the server still works through after the client
+    gave up on it, which would otherwise be charged to the next point."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            request_once(target, timeout_s=limit_s)
+        except (OSError, TimeoutError):
+            time.sleep(0.5)
+            continue
+        if time.perf_counter() - t0 < quiet_s:
+            return
+    log(f"{system}: still slow {limit_s:.0f}s after an overloaded point; going on")
 
 
 def smoke(system: str, api: str, target: HttpTarget, validate: Callable[[bytes], None]) -> None:
@@ -311,15 +346,23 @@ def smoke(system: str, api: str, target: HttpTarget, validate: Callable[[bytes],
 # --- driving -----------------------------------------------------------------------------
 
 
-def drive(
-    system: str, base: str, args: argparse.Namespace, work: dict, run_dir: Path, pa: object | None
-) -> list[Row]:
+def drive(system: str, base: str, args: argparse.Namespace, work: dict, run_dir: Path) -> list[Row]:
     host_port = base.removeprefix("http://")
     host, port = host_port.rsplit(":", 1)
     rows: list[Row] = []
     apis = [a for a in args.apis if a in SERVES[system]]
     if "v2" in apis:
-        check_v2_contract(system, base)
+        meta = check_v2_contract(system, base)
+        problem = perf_analyzer_problem(meta)
+        if work.get("pa") is not None and problem is not None:
+            # One client for every system, or the v2 ratios would compare clients.
+            log(
+                f"{system}: {problem}; the v2 closed loop uses the Python client for "
+                "every system in this run"
+            )
+            work["pa"] = None
+            work["pa_fallback"] = f"{system}: {problem}"
+        pa = work.get("pa")
         target = HttpTarget(host, int(port), f"/v2/models/{wl.V2_MODEL}/infer", work["v2"])
         smoke(system, "v2", target, work["v2_validate"])
         for c in args.concurrency:
@@ -350,6 +393,8 @@ def drive(
                 )
             )
             _progress(rows[-1])
+            if rows[-1].result.incomplete or rows[-1].result.errors:
+                settle(system, target)
     if "decide" in apis:
         target = HttpTarget(host, int(port), "/v1/decide", work["decide"])
         smoke(system, "decide", target, work["decide_validate"])
@@ -367,6 +412,8 @@ def drive(
                 )
             )
             _progress(rows[-1])
+            if rows[-1].result.incomplete or rows[-1].result.errors:
+                settle(system, target)
     return rows
 
 
@@ -541,7 +588,6 @@ def main(argv: list[str] | None = None) -> int:
         "decide": wl.decide_bodies(ctx, args.candidates, args.k, seed=args.seed),
         "decide_validate": wl.decide_validator(args.k),
     }
-    pa = None
     if "v2" in args.apis and args.v2_client == "perf_analyzer":
         from benchmarks import _triton_env
         from benchmarks import _triton_perf_analyzer as tpa
@@ -549,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         search = [args.bench_dir / "triton-venv"]
         if "triton" in args.systems:
             _triton_env.ensure_triton_venv(args.bench_dir, log)
-        pa = tpa.ensure_perf_analyzer(args.bench_dir, log, search)
+        pa = work["pa"] = tpa.ensure_perf_analyzer(args.bench_dir, log, search)
         work["pa_input"] = tpa.write_input_data(
             run_dir / "pa-input.json", wl.perf_analyzer_rows(ctx)
         )
@@ -557,10 +603,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     failures: list[str] = []
-    for system in args.systems:
+    # Ours first: whether perf_analyzer can drive it decides the v2 client for all.
+    for system in sorted(args.systems, key=SYSTEMS.index):
         try:
             with running(system, args, run_dir) as base:
-                rows += drive(system, base, args, work, run_dir, pa)
+                rows += drive(system, base, args, work, run_dir)
         except (RuntimeError, OSError) as exc:
             failures.append(f"{system}: {exc}")
             log(f"{system}: FAILED: {exc}")
@@ -578,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{t['status']}] {t['target']}" + (f": {t['detail']}" if "detail" in t else ""))
     for f in failures:
         print(f"  [failed] {f}")
+    if work.get("pa_fallback"):
+        print(f"  note: v2 closed loop used the Python client: {work['pa_fallback']}")
     if args.json_path:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
         args.json_path.write_text(
@@ -597,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rows": [r.as_dict() for r in rows],
                     "targets": targets,
                     "failures": failures,
+                    "v2_client_fallback": work.get("pa_fallback"),
                 },
                 indent=2,
             )

@@ -69,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from nudgeserve.serve._local import start_local
 
-        server = start_local(
-            config, host, port, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus
-        )
+        server = start_local(config, host, port, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus)
     except ConfigError as exc:
         print(f"nudgeserve run: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Numba MurmurHash3 (x86, 32-bit) kernels; same arguments and results as ``_hashing_ref``.
 
-Numba cannot read Python ``str`` objects quickly, so the str path encodes in Python (one
-``str.encode`` per element, into one buffer) and hashes the buffer here; the ``<U`` and
+Numba cannot read Python ``str`` objects quickly, so the str path encodes in Python (into
+one buffer: a single call for an all-ASCII batch) and hashes the buffer here; the ``<U`` and
 int64 paths are pure machine code, split over threads for large batches.
 
 Arithmetic is done in uint64 and masked to 32 bits: Numba widens uint32 scalars anyway,
@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 
-from ._hashing_ref import element_error, first_bad_code_point
+from ._hashing_ref import first_bad_code_point, utf8_concat
 
 # Below these batch sizes one thread is faster than starting the thread team.
 PARALLEL_MIN_UCS4_CHARS = 1 << 18
@@ -254,21 +254,9 @@ def _team(n_threads: int, work: int, threshold: int) -> int:
 
 def murmurhash3_str(values, seed: int, n_buckets: int, n_threads: int = 1) -> np.ndarray:
     """Hash str elements as their UTF-8 bytes (see ``_hashing_ref``)."""
-    try:
-        encoded = [str.encode(v, "utf-8") for v in values]
-    except (TypeError, UnicodeEncodeError):
-        for i, v in enumerate(values):
-            if not isinstance(v, str):
-                raise element_error(i, v) from None
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise element_error(i, v) from None
-        raise
-    n = len(encoded)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
-    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    data, offsets = utf8_concat(values)
+    n = len(offsets) - 1
+    buf = np.frombuffer(data, dtype=np.uint8)
     out = _alloc_out(n, n_buckets)
     team = _team(n_threads, int(offsets[-1]), PARALLEL_MIN_BYTES)
     if team == 1:

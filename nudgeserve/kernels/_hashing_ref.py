@@ -89,43 +89,22 @@ def _finish(h: np.ndarray, n_buckets: int) -> np.ndarray:
     return h.astype(np.int64) % np.int64(n_buckets)
 
 
-def murmurhash3_bytes(encoded: list[bytes], seed: int) -> np.ndarray:
-    """MurmurHash3_x86_32 of each byte string: ``uint32[len(encoded)]``."""
-    n = len(encoded)
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
-    # Zero-padding every string to a whole number of 4-byte words makes the tail word
-    # exactly the tail key MurmurHash3 builds from the last 1-3 bytes.
-    words_per = (lengths + 3) // 4
-    buf = b"".join(e + b"\0" * (-len(e) % 4) for e in encoded)
-    words = np.frombuffer(buf, dtype="<u4").astype(np.uint32)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(words_per[:-1], out=starts[1:])
-    nblocks = lengths // 4
+def utf8_concat(values) -> tuple[bytes, np.ndarray]:
+    """All str elements of ``values`` as one UTF-8 buffer, and ``offsets: int64[n + 1]``.
 
-    order = np.argsort(-nblocks, kind="stable")
-    sorted_starts = starts[order]
-    # active[j] = how many strings have more than j full blocks (a prefix of ``order``).
-    max_blocks = int(nblocks.max()) if n else 0
-    active = n - np.cumsum(np.bincount(nblocks, minlength=max_blocks + 1))
-    h = np.full(n, seed, dtype=np.uint32)
-    for j in range(max_blocks):
-        m = int(active[j])
-        k = _mix_k(words[sorted_starts[:m] + j])
-        hm = h[:m] ^ k
-        h[:m] = _rotl(hm, 13) * np.uint32(5) + np.uint32(0xE6546B64)
-    out = np.empty(n, dtype=np.uint32)
-    out[order] = h
-
-    has_tail = (lengths % 4) != 0
-    if has_tail.any():
-        k = _mix_k(words[starts[has_tail] + nblocks[has_tail]])
-        out[has_tail] ^= k
-    out ^= lengths.astype(np.uint32)
-    return _fmix(out)
-
-
-def murmurhash3_str(values, seed: int, n_buckets: int, n_threads: int = 1) -> np.ndarray:
-    """Hash str elements as their UTF-8 bytes (see the module docstring)."""
+    Element types are checked here (``element_error`` names the first bad one).
+    """
+    n = len(values)
+    try:
+        joined = "".join(values)
+    except TypeError:
+        joined = None  # a non-str element; found below
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    if joined is not None and joined.isascii():
+        # ASCII: one byte per character, so character counts are byte offsets and the
+        # whole batch encodes in one call.
+        np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=n), out=offsets[1:])
+        return joined.encode("ascii"), offsets
     try:
         encoded = [str.encode(v, "utf-8") for v in values]
     except (TypeError, UnicodeEncodeError):
@@ -137,7 +116,51 @@ def murmurhash3_str(values, seed: int, n_buckets: int, n_threads: int = 1) -> np
             except UnicodeEncodeError:
                 raise element_error(i, v) from None
         raise
-    return _finish(murmurhash3_bytes(encoded, seed), n_buckets)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
+    return b"".join(encoded), offsets
+
+
+def murmurhash3_concat(buf: bytes, offsets: np.ndarray, seed: int) -> np.ndarray:
+    """MurmurHash3_x86_32 of ``buf[offsets[i]:offsets[i + 1]]`` for each i: ``uint32[n]``."""
+    n = len(offsets) - 1
+    # Three zero bytes of padding let every tail be read as a whole little-endian word.
+    data = np.frombuffer(buf + b"\0\0\0", dtype=np.uint8).astype(np.uint32)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    nblocks = lengths // 4
+
+    def word_at(pos: np.ndarray) -> np.ndarray:
+        return data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16) | (data[pos + 3] << 24)
+
+    order = np.argsort(-nblocks, kind="stable")
+    sorted_starts = starts[order]
+    # active[j] = how many strings have more than j full blocks (a prefix of ``order``).
+    max_blocks = int(nblocks.max()) if n else 0
+    active = n - np.cumsum(np.bincount(nblocks, minlength=max_blocks + 1))
+    h = np.full(n, seed, dtype=np.uint32)
+    for j in range(max_blocks):
+        m = int(active[j])
+        k = _mix_k(word_at(sorted_starts[:m] + 4 * j))
+        hm = h[:m] ^ k
+        h[:m] = _rotl(hm, 13) * np.uint32(5) + np.uint32(0xE6546B64)
+    out = np.empty(n, dtype=np.uint32)
+    out[order] = h
+
+    rem = lengths % 4
+    has_tail = rem != 0
+    if has_tail.any():
+        # The tail key is the last 1-3 bytes as a little-endian word; mask off what follows.
+        tail = word_at(starts[has_tail] + 4 * nblocks[has_tail])
+        mask = (np.uint32(1) << (8 * rem[has_tail]).astype(np.uint32)) - np.uint32(1)
+        out[has_tail] ^= _mix_k(tail & mask)
+    out ^= lengths.astype(np.uint32)
+    return _fmix(out)
+
+
+def murmurhash3_str(values, seed: int, n_buckets: int, n_threads: int = 1) -> np.ndarray:
+    """Hash str elements as their UTF-8 bytes (see the module docstring)."""
+    buf, offsets = utf8_concat(values)
+    return _finish(murmurhash3_concat(buf, offsets, seed), n_buckets)
 
 
 def murmurhash3_ucs4(codes: np.ndarray, seed: int, n_buckets: int, n_threads: int = 1):
@@ -150,8 +173,7 @@ def murmurhash3_ucs4(codes: np.ndarray, seed: int, n_buckets: int, n_threads: in
         strings = [""] * n
     else:
         strings = codes.view(np.dtype(f"=U{width}")).reshape(n).tolist()
-    encoded = [s.encode("utf-8") for s in strings]
-    return _finish(murmurhash3_bytes(encoded, seed), n_buckets)
+    return murmurhash3_str(strings, seed, n_buckets)
 
 
 def murmurhash3_int64(values: np.ndarray, seed: int, n_buckets: int, n_threads: int = 1):

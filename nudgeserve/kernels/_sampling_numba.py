@@ -234,9 +234,7 @@ def _pl_row(scores, k, temperature, seeds, mask, has_mask, r, indices, props, zs
                 if w[j] >= 0.0 and (first or z[j] > highest):
                     highest = z[j]
                     first = False
-            if highest != top and (
-                math.isinf(top) or math.isinf(highest) or highest < top - _GAP
-            ):
+            if highest != top and (math.isinf(top) or math.isinf(highest) or highest < top - _GAP):
                 top = highest
                 for j in range(n):
                     if w[j] >= 0.0:
@@ -330,40 +328,6 @@ def _thompson_rows_parallel(alpha, beta, k, seeds, mask, has_mask, indices, delt
         _thompson_row(alpha, beta, k, seeds, mask, has_mask, r, indices, deltas, buf)
 
 
-@njit(
-    "void(float64[::1], float64[::1], boolean[::1], int64, int64, uint64, float64[:, ::1])", **_opts
-)
-def _thompson_mc_row(alpha, beta, excluded, k, n_draws, key, counts):
-    """counts[s, i] += 1 for every draw that puts arm i at slot s."""
-    n = alpha.shape[0]
-    delta = np.empty(n)
-    bv = np.empty(k)
-    bi = np.empty(k, dtype=np.int64)
-    for draw in range(n_draws):
-        first_block = np.uint64(2 * draw * n)
-        for i in range(n):
-            if not excluded[i]:
-                delta[i] = _thompson_delta(key, first_block + np.uint64(2 * i), alpha[i], beta[i])
-        count = _rank_row(delta, excluded, True, k, bv, bi)
-        for s in range(count):
-            counts[s, bi[s]] += 1.0
-
-
-_MC_SIG = "void(float64[:, ::1], float64[:, ::1], boolean[:, ::1], int64, int64, uint64, float64[:, :, ::1])"
-
-
-@njit(_MC_SIG, **_opts)
-def _thompson_mc(alpha, beta, excluded, k, n_draws, key, counts):
-    for u in range(alpha.shape[0]):
-        _thompson_mc_row(alpha[u], beta[u], excluded[u], k, n_draws, key, counts[u])
-
-
-@njit(_MC_SIG, parallel=True, **_opts)
-def _thompson_mc_parallel(alpha, beta, excluded, k, n_draws, key, counts):
-    for u in prange(alpha.shape[0]):
-        _thompson_mc_row(alpha[u], beta[u], excluded[u], k, n_draws, key, counts[u])
-
-
 # ---------------------------------------------------------------- entry points
 
 
@@ -450,38 +414,3 @@ def thompson_draw(
     kernel = _thompson_rows_parallel if parallel else _thompson_rows
     kernel(alpha, beta, k, seeds, mask_arg, has_mask, indices, deltas, buf)
     return indices
-
-
-def thompson_slot_probabilities(
-    alpha: np.ndarray,
-    beta: np.ndarray,
-    valid: np.ndarray,
-    k: int,
-    n_mc_draws: int,
-    n_threads: int = 1,
-) -> np.ndarray:
-    """See ``_sampling_ref.thompson_slot_probabilities`` (same quadrature, compiled MC)."""
-    n_rows, n_cols = alpha.shape
-    table = np.zeros((n_rows, k, n_cols), dtype=np.float64)
-    if k == 0 or n_cols == 0:
-        return table
-    for u in range(n_rows):
-        arms = np.flatnonzero(valid[u])
-        if arms.size:
-            table[u, 0, arms] = ref.top_probabilities(alpha[u, arms], beta[u, arms])
-    if k == 1:
-        return table
-    if n_mc_draws == 0:
-        table[:, 1:, :] = np.nan
-        return table
-    counts = np.zeros((n_rows, k, n_cols), dtype=np.float64)
-    key = np.uint64(ref._rng.row_keys(np.array([ref.MC_SEED], dtype=np.uint64))[0])
-    kernel = (
-        _thompson_mc_parallel
-        if _parallel(n_threads, n_rows, PARALLEL_MIN_ELEMENTS)
-        else _thompson_mc
-    )
-    kernel(alpha, beta, np.ascontiguousarray(~valid), k, int(n_mc_draws), key, counts)
-    estimate = np.maximum(counts[:, 1:, :], 0.5) / n_mc_draws
-    table[:, 1:, :] = np.where(valid[:, None, :], estimate, 0.0)
-    return table

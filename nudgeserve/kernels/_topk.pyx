@@ -5,13 +5,23 @@ masked, not NaN) by score descending, ties to the lower index, padded with -1 / 
 
 Per row the k best so far live directly in the row's output slices (no scratch memory),
 either as a sorted buffer (small k: insertion) or as a binary heap whose root is the
-worst kept (large k: O(log k) per accepted element, heap-sorted at the end). After the
-first k valid elements, an element can only enter if it beats the current k-th best, and
-because elements arrive in index order a tie never does: ``v > thr`` is the whole test.
-The scan tests blocks of 16 elements for "any element above the threshold" without
-branches (the compiler vectorises it), so on typical rows almost every block is rejected
-with a few SIMD compares; only blocks with a hit are re-read element by element, where
-NaN (never ``> thr``) and masked entries are skipped.
+worst kept (large k: O(log k) per accepted element, put in order at the end). Once k
+valid elements are kept, an element can only enter if it beats the current k-th best,
+and because elements arrive in index order a tie never does: ``v > thr`` is the test.
+
+Most elements never get that far. The row is read in blocks of 16 with SSE2 (4 lanes):
+
+- priming: the maxima of the first (up to 256) blocks are computed and split into k
+  groups; the smallest group maximum is a lower bound on the row's k-th best (k distinct
+  valid elements reach it), so while the buffer fills, blocks and elements below it are
+  skipped, which is when a running threshold does not exist yet;
+- scanning: for each block one compare per 4 elements yields the candidates as a bit
+  mask (or the stored block maximum rules the block out at once), and only those
+  elements are read again, in index order.
+
+On random rows this costs about one SIMD compare per 4 elements plus O(k log(N/k))
+insertions. Rows sorted ascending are the worst case (every element enters). Without
+SSE2 the same code runs with scalar loops.
 """
 
 from cython.parallel cimport prange
@@ -28,6 +38,7 @@ cdef enum:
     INSERTION_MAX_K = 48
     # Rows x columns below which one thread is faster than starting an OpenMP team.
     PARALLEL_MIN_ELEMENTS = 32768
+    CHUNK_ELEMENTS = 16384
     # Blocks whose maxima prime the threshold, and the largest k that is primed.
     PRIME_BLOCKS = 256
     PRIME_MAX_K = 64
@@ -322,9 +333,13 @@ def topk(const float[:, ::1] scores, Py_ssize_t k, mask, int n_threads=1):
     cdef float* value_base = &values[0, 0]
     cdef int64_t* index_base = &indices[0, 0]
     cdef bint parallel = n_threads > 1 and n_rows > 1 and n_rows * n_cols >= PARALLEL_MIN_ELEMENTS
+    cdef Py_ssize_t chunk_rows = max(1, CHUNK_ELEMENTS // n_cols)
     with nogil:
         if parallel:
-            for r in prange(n_rows, num_threads=n_threads, schedule="static"):
+            # Dynamic chunks of ~CHUNK_ELEMENTS: a thread the OS parks for a while (a
+            # busy server) delays only its current chunk, not a static share of rows.
+            for r in prange(n_rows, num_threads=n_threads, schedule="dynamic",
+                            chunksize=chunk_rows):
                 _topk_row(score_base + r * n_cols,
                           mask_base + r * n_cols if mask_base != NULL else NULL,
                           n_cols, k, value_base + r * k, index_base + r * k)

@@ -204,6 +204,9 @@ class OPEResult(msgspec.Struct, frozen=True, kw_only=True):
 _COLUMNS = ("n", "w", "w2", "wr", "cw", "cw2", "cwr", "dm", "wres", "clipped", "r", "hits")
 _C = {name: index for index, name in enumerate(_COLUMNS)}
 _K = len(_COLUMNS)
+# The columns the interval computations read; the bootstrap (the dominant cost) sums only
+# these and leaves the other replicate sums at 0.
+_BOOT_COLUMNS = np.array([_C[c] for c in ("n", "w", "wr", "cwr", "dm", "wres", "r")])
 
 
 @dataclass
@@ -616,7 +619,7 @@ def _statistics(
         stats[:, _C["wres"]] = w * (rewards - q_logged)
     return OPEStatistics(
         sums=stats.sum(axis=0),
-        boot_sums=bootstrap_sums(keys, stats, n_bootstrap, seed),
+        boot_sums=_replicate_sums(keys, stats, n_bootstrap, seed),
         weight_max=float(w.max()) if n else 0.0,
         logged_counts=None if support is None else support[0],
         eval_mass=None if support is None else support[1],
@@ -626,6 +629,13 @@ def _statistics(
         n_bootstrap=int(n_bootstrap),
         seed=int(seed),
     )
+
+
+def _replicate_sums(keys: np.ndarray, stats: np.ndarray, n_bootstrap: int, seed: int):
+    """float64[n_bootstrap, K]: bootstrap sums of the ``_BOOT_COLUMNS`` of ``stats``."""
+    out = np.zeros((n_bootstrap, stats.shape[1]), dtype=np.float64)
+    out[:, _BOOT_COLUMNS] = bootstrap_sums(keys, stats[:, _BOOT_COLUMNS], n_bootstrap, seed)
+    return out
 
 
 def _support_dense(
@@ -806,7 +816,7 @@ def _shared_warnings(stats: OPEStatistics) -> list[str]:
         if share > 1e-9:
             out.append(
                 f"{100.0 * share:.3g}% of the evaluation policy's probability is on "
-                f"{int(np.count_nonzero(never))} (position, action) pairs never seen in the logs"
+                f"{int(np.count_nonzero(never))} (position, action) pair(s) never seen in the logs"
             )
     mean_w = stats.sums[_C["w"]] / n
     replicate_mean_w = _divide(stats.boot_sums[:, _C["w"]], stats.boot_sums[:, _C["n"]])

@@ -283,7 +283,9 @@ class Router:
             try:
                 n = int(declared)
             except ValueError:
-                raise InvalidRequest(f"must be an integer, got {declared!r}", "Content-Length") from None
+                raise InvalidRequest(
+                    f"must be an integer, got {declared!r}", "Content-Length"
+                ) from None
             if n > limit:
                 raise PayloadTooLarge(
                     f"body of {n} bytes exceeds the limit of {limit} bytes (server.max_body_bytes)"

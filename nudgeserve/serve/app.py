@@ -43,9 +43,7 @@ def resolve_gpus(settings: DeploymentSettings, has_gpus: bool) -> float:
     return float(settings.num_gpus)
 
 
-def deployment_options(
-    settings: DeploymentSettings, num_gpus: float, name: str
-) -> dict[str, Any]:
+def deployment_options(settings: DeploymentSettings, num_gpus: float, name: str) -> dict[str, Any]:
     """Ray Serve ``.options(...)`` for a deployment from our settings."""
     a = settings.autoscaling
     options: dict[str, Any] = {

@@ -441,7 +441,9 @@ def default_config() -> ServeConfig:
                 salt="obd_exploration",
                 variants=(
                     Variant(name="greedy", weight=0.5, policy=Greedy()),
-                    Variant(name="plackett_luce", weight=0.5, policy=PlackettLuce(temperature=0.01)),
+                    Variant(
+                        name="plackett_luce", weight=0.5, policy=PlackettLuce(temperature=0.01)
+                    ),
                 ),
             ),
         ),

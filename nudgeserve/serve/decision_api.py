@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import msgspec
 
-
 ItemId = str | int
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 

@@ -313,9 +313,11 @@ def decode_infer_request(
                 f"{where}.datatype",
             )
         shape = tuple(item.shape)
-        if len(shape) != len(spec.shape) or any(
-            want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
-        ) or any(d < 0 for d in shape):
+        if (
+            len(shape) != len(spec.shape)
+            or any(want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True))
+            or any(d < 0 for d in shape)
+        ):
             raise InvalidRequest(
                 f"input {item.name!r} must have shape {list(spec.shape)} (-1: any), got {list(shape)}",
                 f"{where}.shape",

@@ -113,9 +113,7 @@ class DecisionService:
             for kind, t in CONTEXT_TYPES.items()
         }
         self._encoders = {JSON: msgspec.json.Encoder(), MSGPACK: msgspec.msgpack.Encoder()}
-        self._index = {
-            name: _catalog_index(info) for name, info in infos.items()
-        }
+        self._index = {name: _catalog_index(info) for name, info in infos.items()}
 
     # -- decode and validate --------------------------------------------------------------
 
@@ -211,7 +209,9 @@ class DecisionService:
         if request.candidates is None:
             return None, (), ()
         if not request.candidates:
-            raise InvalidRequest("must not be empty (omit it to use the whole catalog)", "candidates")
+            raise InvalidRequest(
+                "must not be empty (omit it to use the whole catalog)", "candidates"
+            )
         chosen: list[int] = []
         inline = []
         inline_ids: list[Any] = []

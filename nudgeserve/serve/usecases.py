@@ -197,7 +197,9 @@ def describe(settings: UseCase) -> UseCaseInfo:
             TensorSpec("numeric", "FP32", (-1, len(spec.numeric_names))),
             TensorSpec("categorical", "BYTES", (-1, len(spec.categorical_names))),
         ),
-        outputs=tuple(TensorSpec(name, "FP32", (-1, n_t)) for name in ("visit", "conversion", "spend")),
+        outputs=tuple(
+            TensorSpec(name, "FP32", (-1, n_t)) for name in ("visit", "conversion", "spend")
+        ),
         max_batch_size=batch.max_batch_size,
         max_queue_delay_us=delay_us,
     )
@@ -284,9 +286,13 @@ class _Engine:
 
 def _catalog_mask(items: list[DecisionItem], n_rows: int, n_cols: int, n_catalog: int):
     """bool[B, N] of actions a row may not show (None when every row may show all)."""
-    if all(
-        item.candidates is None and len(item.excluded) == 0 and not item.inline for item in items
-    ) and n_cols == n_catalog:
+    if (
+        all(
+            item.candidates is None and len(item.excluded) == 0 and not item.inline
+            for item in items
+        )
+        and n_cols == n_catalog
+    ):
         return None
     excluded = np.zeros((n_rows, n_cols), dtype=np.bool_)
     for row, item in enumerate(items):

@@ -177,17 +177,6 @@ def test_thompson_draw_backend_matches_reference(backend, data, shared, low):
 
 
 @backend_param
-def test_thompson_table_backend_matches_reference(backend):
-    rng = np.random.default_rng(5)
-    alpha = rng.uniform(0.5, 30, (3, 7))
-    beta = rng.uniform(0.5, 300, (3, 7))
-    valid = rng.random((3, 7)) < 0.8
-    got = _impl("thompson_slot_probabilities", backend)(alpha, beta, valid, 3, 300, 1)
-    want = ref.thompson_slot_probabilities(alpha, beta, valid, 3, 300)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
-
-
-@backend_param
 @pytest.mark.parametrize("op", ["epsilon_greedy_slate", "plackett_luce_slate"])
 def test_parallel_rows_equal_serial(backend, op):
     impl = _impl(op, backend)
@@ -204,7 +193,7 @@ def test_parallel_rows_equal_serial(backend, op):
 @backend_param
 @pytest.mark.parametrize(
     "op",
-    ["epsilon_greedy_slate", "plackett_luce_slate", "thompson_draw", "thompson_slot_probabilities"],
+    ["epsilon_greedy_slate", "plackett_luce_slate", "thompson_draw"],
 )
 def test_backend_runs_its_registered_small_example(backend, op):
     args, kwargs = REGISTRY.example(op, "small")
@@ -228,7 +217,7 @@ def _samplers(scores, k, seeds, mask):
     return {
         "epsilon": epsilon_greedy_slate(scores, k, 0.5, seeds, mask),
         "pl": plackett_luce_slate(scores, k, 0.7, seeds, mask),
-        "thompson": thompson_bernoulli_slate(alpha, beta, k, seeds, mask, n_mc_draws=50),
+        "thompson": thompson_bernoulli_slate(alpha, beta, k, seeds, mask),
     }
 
 
@@ -382,33 +371,40 @@ def _p_second_beats_first(a1, b1, a2, b2):
     ],
 )
 def test_top_probability_matches_the_two_arm_closed_form(a1, b1, a2, b2):
-    p = ref.top_probabilities(np.array([a1, a2], float), np.array([b1, b2], float))
+    p = ref.slot_probabilities(np.array([a1, a2], float), np.array([b1, b2], float), 2)
     want = _p_second_beats_first(a1, b1, a2, b2)
-    assert p[1] == pytest.approx(want, abs=1e-6)
-    assert p.sum() == pytest.approx(1.0, abs=1e-6)
+    assert p[1, 0] == pytest.approx(want, abs=1e-6)
+    assert p[0, 1] == pytest.approx(want, abs=1e-6)  # second place is the other arm
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("n_arms", [3, 12, 60])
-def test_top_probability_matches_monte_carlo(n_arms):
+def _monte_carlo_ranks(a, b, k, draws, seed):
+    rng = np.random.default_rng(seed)
+    ranked = np.argsort(-rng.beta(a, b, (draws, a.shape[0])), axis=1)[:, :k]
+    return np.stack([np.bincount(ranked[:, s], minlength=a.shape[0]) for s in range(k)], 1) / draws
+
+
+@pytest.mark.parametrize("n_arms,k", [(3, 3), (12, 4), (60, 3)])
+def test_slot_probabilities_match_monte_carlo(n_arms, k):
     rng = np.random.default_rng(n_arms)
     a = rng.uniform(0.2, 40, n_arms)
     b = rng.uniform(0.2, 400, n_arms)
-    p = ref.top_probabilities(a, b)
+    p = ref.slot_probabilities(a, b, k)
     draws = 200_000
-    freq = np.bincount(rng.beta(a, b, (draws, n_arms)).argmax(axis=1), minlength=n_arms) / draws
-    assert p.sum() == pytest.approx(1.0, abs=1e-6)
+    freq = _monte_carlo_ranks(a, b, k, draws, seed=n_arms)
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-6)
     assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / draws) + 1e-4)
 
 
-def test_top_probability_with_very_different_widths():
-    # A flat arm, a sharp one and a sub-1 shape: support, grid and tails all stressed.
-    a = np.array([1.0, 3000.0, 0.2, 50.0])
-    b = np.array([1.0, 3000.0, 0.9, 5.0])
-    p = ref.top_probabilities(a, b)
-    rng = np.random.default_rng(4)
+def test_slot_probabilities_with_very_different_widths():
+    # A flat arm, two sharp ones and a sub-1 shape: support, grid and tails all stressed.
+    a = np.array([1.0, 1e6, 0.2, 50.0, 2900.0, 0.05])
+    b = np.array([1.0, 1e6, 0.9, 5.0, 3100.0, 0.05])
+    p = ref.slot_probabilities(a, b, 3)
     draws = 400_000
-    freq = np.bincount(rng.beta(a, b, (draws, 4)).argmax(axis=1), minlength=4) / draws
-    assert p.sum() == pytest.approx(1.0, abs=1e-6)
+    freq = _monte_carlo_ranks(a, b, 3, draws, seed=4)
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-6)
     assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / draws) + 1e-4)
 
 
@@ -418,7 +414,8 @@ def test_thompson_frequencies_match_propensities():
     n, k = 20_000, 3
     mask = np.zeros((n, 5), dtype=bool)
     mask[n // 2 :, 2] = True  # two distinct masks: two propensity tables
-    indices, props = thompson_bernoulli_slate(alpha, beta, k, np.arange(n), mask, n_mc_draws=4000)
+    indices, props = thompson_bernoulli_slate(alpha, beta, k, np.arange(n), mask)
+    assert not np.any(indices[n // 2 :] == 2)
     for half in (slice(0, n // 2), slice(n // 2, n)):
         idx, pr = indices[half], props[half]
         for s in range(k):
@@ -427,39 +424,33 @@ def test_thompson_frequencies_match_propensities():
                 p = pr[chosen, s]
                 assert np.all(p == p[0])  # one probability per (slot, arm, mask)
                 freq = chosen.mean()
-                # Slot 1 is exact; later slots carry the estimate's own error too.
                 se = math.sqrt(p[0] * (1 - p[0]) / idx.shape[0])
-                se_mc = 0.0 if s == 0 else math.sqrt(p[0] * (1 - p[0]) / 4000)
-                assert abs(freq - p[0]) < 5 * (se + se_mc) + 1e-4, (s, arm, freq, p[0])
-    assert not np.any(indices[n // 2 :] == 2)
+                assert abs(freq - p[0]) < 5 * se + 1e-6, (s, arm, freq, p[0])
 
 
-def test_thompson_table_slots_sum_to_one():
+def test_thompson_table_puts_each_slot_and_arm_in_place():
     rng = np.random.default_rng(8)
-    alpha, beta = rng.uniform(1, 20, (1, 9)), rng.uniform(1, 200, (1, 9))
-    table = ref.thompson_slot_probabilities(alpha, beta, np.ones((1, 9), bool), 4, 2000)
-    # Slot 1 exactly; later slots up to the 0.5-count floor of unseen arms.
-    assert table[0, 0].sum() == pytest.approx(1.0, abs=1e-6)
-    for s in range(1, 4):
-        assert 1.0 <= table[0, s].sum() <= 1.0 + 9 * 0.5 / 2000 + 1e-12
+    alpha, beta = rng.uniform(1, 20, (2, 9)), rng.uniform(1, 200, (2, 9))
+    valid = np.ones((2, 9), bool)
+    valid[1, [0, 4]] = False
+    table = ref.thompson_slot_probabilities(alpha, beta, valid, 4)
+    assert table.shape == (2, 4, 9)
+    np.testing.assert_allclose(table.sum(axis=2), 1.0, atol=1e-6)
+    assert (table[1][:, [0, 4]] == 0).all()
+    np.testing.assert_array_equal(
+        table[1][:, valid[1]], ref.slot_probabilities(alpha[1, valid[1]], beta[1, valid[1]], 4).T
+    )
 
 
 def test_thompson_per_row_posteriors_and_padding():
     alpha = np.array([[1.0, 1.0, 1.0], [2.0, 50.0, 3.0]])
     beta = np.array([[1.0, 1.0, 1.0], [9.0, 1.0, 9.0]])
     mask = np.array([[False, True, False], [True, True, True]])
-    indices, props = thompson_bernoulli_slate(alpha, beta, 3, [4, 5], mask, n_mc_draws=100)
+    indices, props = thompson_bernoulli_slate(alpha, beta, 3, [4, 5], mask)
     assert set(indices[0, :2].tolist()) == {0, 2} and indices[0, 2] == -1
-    assert props[0, 0] == pytest.approx(0.5, abs=1e-9)  # two identical posteriors
+    np.testing.assert_allclose(props[0, :2], 0.5, atol=1e-9)  # two identical posteriors
     np.testing.assert_array_equal(indices[1], [-1, -1, -1])
     assert np.isnan(props[1]).all() and np.isnan(props[0, 2])
-
-
-def test_thompson_without_monte_carlo_leaves_later_slots_nan():
-    indices, props = thompson_bernoulli_slate(
-        [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], 2, [0, 1], n_mc_draws=0
-    )
-    assert (indices >= 0).all() and (props[:, 0] > 0).all() and np.isnan(props[:, 1]).all()
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -540,11 +531,6 @@ S = np.zeros((2, 3), dtype=np.float32)
             lambda: thompson_bernoulli_slate([1.0], [1.0], 1, [0], np.ones((1, 2), bool)),
             ValueError,
             "mask",
-        ),
-        (
-            lambda: thompson_bernoulli_slate([1.0], [1.0], 1, [0], n_mc_draws=-1),
-            ValueError,
-            "n_mc_draws",
         ),
         (lambda: thompson_bernoulli_slate([1.0], [1.0], 1, 3), ValueError, "seeds must have shape"),
     ],

@@ -68,27 +68,57 @@ def test_tagged_sections_decode_to_their_types():
 @pytest.mark.parametrize(
     ("raw", "setting", "fragments"),
     [
-        (with_use_case(batching={"max_batch_size": 0}), "use_cases[0].batching.max_batch_size",
-         ["= 0", ">= 1"]),
-        (with_use_case(batching={"batch_wait_timeout_s": -1}),
-         "use_cases[0].batching.batch_wait_timeout_s", ["= -1", ">= 0"]),
-        (with_use_case(policy={"kind": "epsilon_greedy", "epsilon": 1.5}),
-         "use_cases[0].policy.epsilon", ["= 1.5", "<= 1.0"]),
-        (with_use_case(policy={"kind": "softmax"}), "use_cases[0].policy.kind",
-         ["'softmax'", "greedy, epsilon_greedy, plackett_luce"]),
+        (
+            with_use_case(batching={"max_batch_size": 0}),
+            "use_cases[0].batching.max_batch_size",
+            ["= 0", ">= 1"],
+        ),
+        (
+            with_use_case(batching={"batch_wait_timeout_s": -1}),
+            "use_cases[0].batching.batch_wait_timeout_s",
+            ["= -1", ">= 0"],
+        ),
+        (
+            with_use_case(policy={"kind": "epsilon_greedy", "epsilon": 1.5}),
+            "use_cases[0].policy.epsilon",
+            ["= 1.5", "<= 1.0"],
+        ),
+        (
+            with_use_case(policy={"kind": "softmax"}),
+            "use_cases[0].policy.kind",
+            ["'softmax'", "greedy, epsilon_greedy, plackett_luce"],
+        ),
         (with_use_case(device="tpu"), "use_cases[0].device", ["'tpu'", "auto, cpu, cuda"]),
-        (with_use_case(deployment={"num_gpus": "many"}), "use_cases[0].deployment.num_gpus",
-         ["'many'", "auto or a number"]),
-        (with_use_case(deployment={"max_queued_requests": 0}), "use_cases[0].deployment",
-         ["max_queued_requests must be -1"]),
-        (with_use_case(deployment={"autoscaling": {"min_replicas": 3, "max_replicas": 2}}),
-         "use_cases[0].deployment.autoscaling", ["min_replicas (3) must be <= max_replicas (2)"]),
-        ({**MINIMAL, "server": {"ingress": "fast"}}, "server.ingress",
-         ["'fast'", "direct, proxy, throughput_optimized"]),
-        ({**MINIMAL, "server": {"max_body_bytes": 10}}, "server.max_body_bytes",
-         ["= 10", ">= 1024"]),
-        ({"use_cases": [{"kind": "obdx", "name": "obd", "model_name": "m"}]}, "use_cases[0].kind",
-         ["'obdx'", "obd, hillstrom"]),
+        (
+            with_use_case(deployment={"num_gpus": "many"}),
+            "use_cases[0].deployment.num_gpus",
+            ["'many'", "auto or a number"],
+        ),
+        (
+            with_use_case(deployment={"max_queued_requests": 0}),
+            "use_cases[0].deployment",
+            ["max_queued_requests must be -1"],
+        ),
+        (
+            with_use_case(deployment={"autoscaling": {"min_replicas": 3, "max_replicas": 2}}),
+            "use_cases[0].deployment.autoscaling",
+            ["min_replicas (3) must be <= max_replicas (2)"],
+        ),
+        (
+            {**MINIMAL, "server": {"ingress": "fast"}},
+            "server.ingress",
+            ["'fast'", "direct, proxy, throughput_optimized"],
+        ),
+        (
+            {**MINIMAL, "server": {"max_body_bytes": 10}},
+            "server.max_body_bytes",
+            ["= 10", ">= 1024"],
+        ),
+        (
+            {"use_cases": [{"kind": "obdx", "name": "obd", "model_name": "m"}]},
+            "use_cases[0].kind",
+            ["'obdx'", "obd, hillstrom"],
+        ),
         (with_use_case(name="has space"), "use_cases[0].name", ["'has space'"]),
     ],
 )
@@ -114,13 +144,32 @@ def test_unknown_setting_is_refused_and_known_ones_listed():
     [
         ({"use_cases": []}, "at least one use case"),
         ({"use_cases": MINIMAL["use_cases"] * 2}, "every name must be unique"),
-        ({**MINIMAL, "experiments": [{"name": "e", "use_case": "nope",
-                                      "variants": [{"name": "a", "weight": 1}]}]},
-         "use_case 'nope' is not one of ['obd']"),
-        ({**MINIMAL, "experiments": [{"name": "e", "use_case": "obd", "variants": []}]},
-         "at least one variant"),
-        ({**MINIMAL, "experiments": [{"name": "e", "use_case": "obd", "variants": [
-            {"name": "a", "weight": 1}, {"name": "a", "weight": 2}]}]}, "must be unique"),
+        (
+            {
+                **MINIMAL,
+                "experiments": [
+                    {"name": "e", "use_case": "nope", "variants": [{"name": "a", "weight": 1}]}
+                ],
+            },
+            "use_case 'nope' is not one of ['obd']",
+        ),
+        (
+            {**MINIMAL, "experiments": [{"name": "e", "use_case": "obd", "variants": []}]},
+            "at least one variant",
+        ),
+        (
+            {
+                **MINIMAL,
+                "experiments": [
+                    {
+                        "name": "e",
+                        "use_case": "obd",
+                        "variants": [{"name": "a", "weight": 1}, {"name": "a", "weight": 2}],
+                    }
+                ],
+            },
+            "must be unique",
+        ),
     ],
 )
 def test_cross_field_rules(raw, fragment):
@@ -145,8 +194,12 @@ def test_serve_config_errors_are_prefixed_with_the_application_path(tmp_path):
         ("a: [1,", "not valid YAML"),
         ("- 1\n- 2\n", "must hold a mapping"),
         ("applications:\n  - name: x\n    import_path: other:app\n", "no application"),
-        ("http_options: {port: 0}\napplications:\n  - import_path: " + APP_IMPORT_PATH
-         + "\n    args: {use_cases: [{kind: obd, name: o, model_name: m}]}\n", "http_options.port"),
+        (
+            "http_options: {port: 0}\napplications:\n  - import_path: "
+            + APP_IMPORT_PATH
+            + "\n    args: {use_cases: [{kind: obd, name: o, model_name: m}]}\n",
+            "http_options.port",
+        ),
     ],
 )
 def test_bad_files(tmp_path, text, fragment):

@@ -62,8 +62,9 @@ def test_method_not_allowed_lists_methods():
 
 
 def test_ray_backpressure_is_503_with_retry_after():
-    err = http_error(BackPressureError(num_queued_requests=9, max_queued_requests=8,
-                                       retry_after_s=4))
+    err = http_error(
+        BackPressureError(num_queued_requests=9, max_queued_requests=8, retry_after_s=4)
+    )
     assert err.status == 503
     assert dict(err.headers)["retry-after"] == "4"
     assert "max_queued_requests=8" in err.message

@@ -44,8 +44,14 @@ codec = V2Codec()
 def triton_body(inputs, outputs=None, binary=True, request_id=None):
     """The exact bytes tritonclient.http sends, and its header-length header."""
     body, json_size = _get_inference_request(
-        inputs=inputs, request_id=request_id, outputs=outputs, sequence_id=0,
-        sequence_start=False, sequence_end=False, priority=0, timeout=None,
+        inputs=inputs,
+        request_id=request_id,
+        outputs=outputs,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
         custom_parameters=None,
     )
     return body, None if json_size is None else str(json_size)
@@ -59,8 +65,9 @@ def triton_input(name, array, datatype, binary):
 
 def parse_answer(body: bytes, headers: dict[str, str]):
     length = headers.get("inference-header-content-length")
-    return triton.InferResult.from_response_body(body, header_length=None if length is None
-                                                 else int(length))
+    return triton.InferResult.from_response_body(
+        body, header_length=None if length is None else int(length)
+    )
 
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
@@ -74,18 +81,24 @@ text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12
 )
 def test_tritonclient_requests_round_trip(batch, binary, data):
     users = np.array(
-        data.draw(st.lists(st.lists(text, min_size=4, max_size=4), min_size=batch,
-                           max_size=batch)),
+        data.draw(st.lists(st.lists(text, min_size=4, max_size=4), min_size=batch, max_size=batch)),
         dtype=object,
     )
     affinity = np.asarray(
-        data.draw(st.lists(st.lists(st.floats(-1e6, 1e6, width=32), min_size=N_ITEMS,
-                                    max_size=N_ITEMS), min_size=batch, max_size=batch)),
+        data.draw(
+            st.lists(
+                st.lists(st.floats(-1e6, 1e6, width=32), min_size=N_ITEMS, max_size=N_ITEMS),
+                min_size=batch,
+                max_size=batch,
+            )
+        ),
         dtype=np.float32,
     )
     body, length = triton_body(
-        [triton_input("user_features", users, "BYTES", binary),
-         triton_input("affinity", affinity, "FP32", binary)],
+        [
+            triton_input("user_features", users, "BYTES", binary),
+            triton_input("affinity", affinity, "FP32", binary),
+        ],
         [triton.InferRequestedOutput("click_prob", binary_data=binary)],
         request_id="r-1",
     )
@@ -94,8 +107,9 @@ def test_tritonclient_requests_round_trip(batch, binary, data):
     assert request.inputs["user_features"].tolist() == users.tolist()
     np.testing.assert_array_equal(request.inputs["affinity"], affinity)
     out = np.random.default_rng(batch).random((batch, 3, N_ITEMS), dtype=np.float32)
-    answer, headers = codec.encode(SIGNATURE, request, {"click_prob": out,
-                                                        "label": np.array(["x"] * batch)})
+    answer, headers = codec.encode(
+        SIGNATURE, request, {"click_prob": out, "label": np.array(["x"] * batch)}
+    )
     result = parse_answer(answer, headers)
     np.testing.assert_array_equal(result.as_numpy("click_prob"), out)
     assert result.get_response()["model_version"] == "v1"
@@ -117,18 +131,33 @@ def test_every_output_by_default_and_binary_bytes_outputs():
         [triton.InferRequestedOutput("label", binary_data=True)],
     )
     request = codec.decode(body, length, SIGNATURE)
-    answer, headers = codec.encode(SIGNATURE, request, {
-        "click_prob": np.zeros((1, 3, N_ITEMS), np.float32), "label": np.array(["ゾゾ"], object)})
+    answer, headers = codec.encode(
+        SIGNATURE,
+        request,
+        {"click_prob": np.zeros((1, 3, N_ITEMS), np.float32), "label": np.array(["ゾゾ"], object)},
+    )
     assert parse_answer(answer, headers).as_numpy("label").tolist() == ["ゾゾ".encode()]
 
 
 def test_nested_json_data_is_accepted():
-    body = json.dumps({"inputs": [
-        {"name": "user_features", "datatype": "BYTES", "shape": [2, 4],
-         "data": [["a", "b", "c", "d"], ["e", "f", "g", "h"]]},
-        {"name": "affinity", "datatype": "FP32", "shape": [2, N_ITEMS],
-         "data": [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]},
-    ]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "user_features",
+                    "datatype": "BYTES",
+                    "shape": [2, 4],
+                    "data": [["a", "b", "c", "d"], ["e", "f", "g", "h"]],
+                },
+                {
+                    "name": "affinity",
+                    "datatype": "FP32",
+                    "shape": [2, N_ITEMS],
+                    "data": [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]],
+                },
+            ]
+        }
+    ).encode()
     request = codec.decode(body, None, SIGNATURE)
     assert request.inputs["affinity"][1].tolist() == [6, 7, 8, 9, 10]
     assert request.inputs["affinity"].dtype == np.float32
@@ -141,8 +170,12 @@ def json_request(*inputs, outputs=None, **extra):
     return json.dumps(payload).encode()
 
 
-USERS = {"name": "user_features", "datatype": "BYTES", "shape": [1, 4],
-         "data": ["a", "b", "c", "d"]}
+USERS = {
+    "name": "user_features",
+    "datatype": "BYTES",
+    "shape": [1, 4],
+    "data": ["a", "b", "c", "d"],
+}
 
 
 @pytest.mark.parametrize(
@@ -157,21 +190,63 @@ USERS = {"name": "user_features", "datatype": "BYTES", "shape": [1, 4],
         (json_request({**USERS, "shape": [4]}), None, "inputs[0].shape", "[-1, 4]"),
         (json_request({**USERS, "data": ["a"]}), None, "inputs[0].data", "1 values"),
         (json_request({**USERS, "data": [1, 2, 3, 4]}), None, "inputs[0].data", "BYTES"),
-        (json_request({k: v for k, v in USERS.items() if k != "data"}), None, "inputs[0]",
-         "needs data"),
-        (json_request({"name": "affinity", "datatype": "FP32", "shape": [1, N_ITEMS],
-                       "data": [0] * N_ITEMS}), None, "inputs", "required input 'user_features'"),
-        (json_request(USERS, {"name": "affinity", "datatype": "FP32", "shape": [2, N_ITEMS],
-                              "data": [0] * 2 * N_ITEMS}), None, "inputs[1].shape",
-         "batch size 2"),
-        (json_request({**USERS, "shape": [9, 4], "data": ["a"] * 36}), None, "inputs",
-         "max_batch_size 8"),
-        (json_request(USERS, outputs=[{"name": "nope"}]), None, "outputs[0].name",
-         "no output 'nope'"),
-        (json_request(USERS, outputs=[{"name": "label", "parameters": {"binary_data": 1}}]),
-         None, "outputs[0].parameters.binary_data", "true or false"),
-        (json_request({**USERS, "data": None, "parameters": {"binary_data_size": 4}}), None,
-         "inputs[0].parameters.binary_data_size", "needs the Inference-Header-Content-Length"),
+        (
+            json_request({k: v for k, v in USERS.items() if k != "data"}),
+            None,
+            "inputs[0]",
+            "needs data",
+        ),
+        (
+            json_request(
+                {
+                    "name": "affinity",
+                    "datatype": "FP32",
+                    "shape": [1, N_ITEMS],
+                    "data": [0] * N_ITEMS,
+                }
+            ),
+            None,
+            "inputs",
+            "required input 'user_features'",
+        ),
+        (
+            json_request(
+                USERS,
+                {
+                    "name": "affinity",
+                    "datatype": "FP32",
+                    "shape": [2, N_ITEMS],
+                    "data": [0] * 2 * N_ITEMS,
+                },
+            ),
+            None,
+            "inputs[1].shape",
+            "batch size 2",
+        ),
+        (
+            json_request({**USERS, "shape": [9, 4], "data": ["a"] * 36}),
+            None,
+            "inputs",
+            "max_batch_size 8",
+        ),
+        (
+            json_request(USERS, outputs=[{"name": "nope"}]),
+            None,
+            "outputs[0].name",
+            "no output 'nope'",
+        ),
+        (
+            json_request(USERS, outputs=[{"name": "label", "parameters": {"binary_data": 1}}]),
+            None,
+            "outputs[0].parameters.binary_data",
+            "true or false",
+        ),
+        (
+            json_request({**USERS, "data": None, "parameters": {"binary_data_size": 4}}),
+            None,
+            "inputs[0].parameters.binary_data_size",
+            "needs the Inference-Header-Content-Length",
+        ),
         (json_request(USERS), "abc", "Inference-Header-Content-Length", "integer"),
         (json_request(USERS), "100000", "Inference-Header-Content-Length", "not within"),
     ],
@@ -204,27 +279,37 @@ def test_bad_binary_tensors():
     ]
     for blob, size, fragment in cases:
         body, length = binary_request(
-            {"inputs": [{**users, "parameters": {"binary_data_size": size}}]}, blob)
+            {"inputs": [{**users, "parameters": {"binary_data_size": size}}]}, blob
+        )
         with pytest.raises(InvalidRequest, match=fragment):
             codec.decode(body, length, SIGNATURE)
     body, length = binary_request(
-        {"inputs": [{**users, "parameters": {"binary_data_size": len(good)}}]}, good + b"xx")
+        {"inputs": [{**users, "parameters": {"binary_data_size": len(good)}}]}, good + b"xx"
+    )
     with pytest.raises(InvalidRequest, match="belong to no input"):
         codec.decode(body, length, SIGNATURE)
     aff = {"name": "affinity", "datatype": "FP32", "shape": [1, N_ITEMS]}
     body, length = binary_request(
-        {"inputs": [{**users, "data": ["a", "b", "c", "d"]},
-                    {**aff, "parameters": {"binary_data_size": 8}}]}, b"\x00" * 8)
+        {
+            "inputs": [
+                {**users, "data": ["a", "b", "c", "d"]},
+                {**aff, "parameters": {"binary_data_size": 8}},
+            ]
+        },
+        b"\x00" * 8,
+    )
     with pytest.raises(InvalidRequest, match="do not hold 5 FP32"):
         codec.decode(body, length, SIGNATURE)
 
 
 def test_nan_is_refused_where_finite_values_are_required():
     nan = np.full((1, N_ITEMS), np.nan, dtype=np.float32)
-    body, length = triton_body([
-        triton_input("user_features", np.array([["a"] * 4], dtype=object), "BYTES", True),
-        triton_input("affinity", nan, "FP32", True),
-    ])
+    body, length = triton_body(
+        [
+            triton_input("user_features", np.array([["a"] * 4], dtype=object), "BYTES", True),
+            triton_input("affinity", nan, "FP32", True),
+        ]
+    )
     with pytest.raises(InvalidRequest) as info:
         codec.decode(body, length, SIGNATURE)
     assert info.value.field == "inputs[1].data" and "NaN" in str(info.value)
@@ -236,8 +321,7 @@ def test_metadata_and_config_follow_triton():
     assert meta["inputs"][0] == {"name": "user_features", "datatype": "BYTES", "shape": [-1, 4]}
     config = SIGNATURE.config()
     assert config["max_batch_size"] == 8
-    assert config["input"][0] == {"name": "user_features", "data_type": "TYPE_STRING",
-                                  "dims": [4]}
+    assert config["input"][0] == {"name": "user_features", "data_type": "TYPE_STRING", "dims": [4]}
     assert config["input"][1]["optional"] is True
     assert config["output"][0]["dims"] == [3, N_ITEMS]
     assert "binary_tensor_data" in server_metadata("1")["extensions"]
@@ -247,11 +331,19 @@ def test_every_datatype_round_trips_in_binary():
     for datatype, dtype in DATATYPES.items():
         if datatype == "BYTES":
             continue
-        sig = ModelSignature("m", "1", "p", (TensorSpec("x", datatype, (-1, 3)),),
-                             (TensorSpec("y", datatype, (-1, 3)),), 4)
+        sig = ModelSignature(
+            "m",
+            "1",
+            "p",
+            (TensorSpec("x", datatype, (-1, 3)),),
+            (TensorSpec("y", datatype, (-1, 3)),),
+            4,
+        )
         values = np.arange(6).reshape(2, 3).astype(dtype)
-        body, length = triton_body([triton_input("x", values, datatype, True)],
-                                   [triton.InferRequestedOutput("y", binary_data=True)])
+        body, length = triton_body(
+            [triton_input("x", values, datatype, True)],
+            [triton.InferRequestedOutput("y", binary_data=True)],
+        )
         request = codec.decode(body, length, sig)
         np.testing.assert_array_equal(request.inputs["x"], values)
         answer, headers = codec.encode(sig, request, {"y": request.inputs["x"]})

@@ -22,8 +22,16 @@ from nudgeserve.serve.serving import (
 )
 
 USERS = ["u0", "u1", "u2", "u3"]
-CUSTOMER = {"recency": 3, "history": 120.5, "mens": 1, "womens": 0, "newbie": 0,
-            "history_segment": "2) $100 - $200", "zip_code": "Urban", "channel": "Web"}
+CUSTOMER = {
+    "recency": 3,
+    "history": 120.5,
+    "mens": 1,
+    "womens": 0,
+    "newbie": 0,
+    "history_segment": "2) $100 - $200",
+    "zip_code": "Urban",
+    "channel": "Web",
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,9 @@ def test_media_types():
 
 @pytest.mark.parametrize("fmt", [JSON, MSGPACK])
 def test_a_valid_request_becomes_an_item(service, fmt):
-    item, pending = prepare(service, fmt, k=5, exclusions=[3, "4"],
-                            candidates=[{"id": i} for i in range(10)])
+    item, pending = prepare(
+        service, fmt, k=5, exclusions=[3, "4"], candidates=[{"id": i} for i in range(10)]
+    )
     assert item.k == 5
     assert item.candidates.tolist() == list(range(10))
     assert item.excluded.tolist() == [3, 4]
@@ -77,20 +86,42 @@ def test_default_k_is_the_slate_size(service, infos):
         ({"candidates": []}, "candidates", "must not be empty"),
         ({"candidates": [{"id": 80}]}, "candidates[0].id", "not in the obd catalog (ids 0..79)"),
         ({"candidates": [{"id": 1}, {"id": "1"}]}, "candidates[1].id", "listed twice"),
-        ({"candidates": [{"id": 1, "features": {"item_feature_0": 1.0, "item_feature_1": "a",
-                                                "item_feature_2": "b", "item_feature_3": "c"}}]},
-         "candidates[0].id", "is a catalog id"),
-        ({"candidates": [{"id": "x", "features": {"item_feature_0": 1.0}}]},
-         "candidates[0].features", "missing required field `item_feature_1`"),
+        (
+            {
+                "candidates": [
+                    {
+                        "id": 1,
+                        "features": {
+                            "item_feature_0": 1.0,
+                            "item_feature_1": "a",
+                            "item_feature_2": "b",
+                            "item_feature_3": "c",
+                        },
+                    }
+                ]
+            },
+            "candidates[0].id",
+            "is a catalog id",
+        ),
+        (
+            {"candidates": [{"id": "x", "features": {"item_feature_0": 1.0}}]},
+            "candidates[0].features",
+            "missing required field `item_feature_1`",
+        ),
         ({"exclusions": [99]}, "exclusions[0]", "neither a catalog id"),
         ({"candidates": [{"id": 1}], "exclusions": [1]}, "exclusions", "no candidate"),
         ({"context": {"user_features": ["a"]}}, "context.user_features", "must hold 4 strings"),
-        ({"context": {"user_features": USERS, "affinity": [1.0]}}, "context.affinity",
-         "must hold 80 numbers"),
-        ({"context": {"user_features": USERS, "extra": 1}}, "context",
-         "unknown field `extra`"),
-        ({"context": {"user_features": [1, 2, 3, 4]}}, "context.user_features[0]",
-         "Expected `str`"),
+        (
+            {"context": {"user_features": USERS, "affinity": [1.0]}},
+            "context.affinity",
+            "must hold 80 numbers",
+        ),
+        ({"context": {"user_features": USERS, "extra": 1}}, "context", "unknown field `extra`"),
+        (
+            {"context": {"user_features": [1, 2, 3, 4]}},
+            "context.user_features[0]",
+            "Expected `str`",
+        ),
         ({"experiment": "obd_exploration"}, "unit_id", "required with experiment"),
         ({"experiment": "nope", "unit_id": "u"}, "experiment", "not a configured experiment"),
         ({"surprise": 1}, "", "unknown field `surprise`"),
@@ -104,8 +135,9 @@ def test_bad_fields_are_named(service, fields, field, fragment):
 
 
 def test_text_that_is_not_unicode_is_refused(service):
-    raw = json.dumps({"use_case": "obd", "context": {"user_features": ["\ud800", "b", "c",
-                                                                      "d"]}}).encode()
+    raw = json.dumps(
+        {"use_case": "obd", "context": {"user_features": ["\ud800", "b", "c", "d"]}}
+    ).encode()
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         service.decode(raw, JSON)
 
@@ -134,27 +166,52 @@ def test_unknown_use_case_is_not_found(service):
 
 
 def test_hillstrom_context_and_catalog(service):
-    raw = msgspec.json.encode({"use_case": "hillstrom", "context": CUSTOMER,
-                               "candidates": [{"id": "No E-Mail"}, {"id": "Mens E-Mail"}]})
+    raw = msgspec.json.encode(
+        {
+            "use_case": "hillstrom",
+            "context": CUSTOMER,
+            "candidates": [{"id": "No E-Mail"}, {"id": "Mens E-Mail"}],
+        }
+    )
     item, pending = service.prepare(service.decode(raw, JSON), JSON)
     assert item.candidates.tolist() == [0, 1] and item.k == 1
     bad = {**CUSTOMER, "history": -1}
     with pytest.raises(InvalidRequest, match="context.history: must be >= 0"):
-        service.prepare(service.decode(msgspec.json.encode(
-            {"use_case": "hillstrom", "context": bad}), JSON), JSON)
-    inline = {"id": "x", "features": {"item_feature_0": 1.0, "item_feature_1": "a",
-                                      "item_feature_2": "b", "item_feature_3": "c"}}
+        service.prepare(
+            service.decode(msgspec.json.encode({"use_case": "hillstrom", "context": bad}), JSON),
+            JSON,
+        )
+    inline = {
+        "id": "x",
+        "features": {
+            "item_feature_0": 1.0,
+            "item_feature_1": "a",
+            "item_feature_2": "b",
+            "item_feature_3": "c",
+        },
+    }
     with pytest.raises(InvalidRequest) as info:
-        service.prepare(service.decode(msgspec.json.encode(
-            {"use_case": "hillstrom", "context": CUSTOMER, "candidates": [inline]}), JSON), JSON)
+        service.prepare(
+            service.decode(
+                msgspec.json.encode(
+                    {"use_case": "hillstrom", "context": CUSTOMER, "candidates": [inline]}
+                ),
+                JSON,
+            ),
+            JSON,
+        )
     assert info.value.field == "candidates[0].features"
 
 
 def test_variant_assignment_is_deterministic_and_follows_weights():
     experiment = Experiment(
-        name="e", use_case="obd", salt="s",
-        variants=(Variant(name="a", weight=3, policy=Greedy()),
-                  Variant(name="b", weight=1, policy=PlackettLuce(temperature=1.0))),
+        name="e",
+        use_case="obd",
+        salt="s",
+        variants=(
+            Variant(name="a", weight=3, policy=Greedy()),
+            Variant(name="b", weight=1, policy=PlackettLuce(temperature=1.0)),
+        ),
     )
     first = [assign_variant(experiment, f"unit-{i}").name for i in range(4000)]
     again = [assign_variant(experiment, f"unit-{i}").name for i in range(4000)]
@@ -173,14 +230,22 @@ def test_experiment_policy_reaches_the_item(service):
 
 
 def test_answer_maps_indices_back_to_ids(service, engines):
-    inline = {"id": "new-item", "features": {"item_feature_0": 0.5, "item_feature_1": "a",
-                                             "item_feature_2": "b", "item_feature_3": "c"}}
+    inline = {
+        "id": "new-item",
+        "features": {
+            "item_feature_0": 0.5,
+            "item_feature_1": "a",
+            "item_feature_2": "b",
+            "item_feature_3": "c",
+        },
+    }
     item, pending = prepare(service, k=3, candidates=[{"id": 5}, {"id": 9}, inline])
     (outcome,) = engines["obd"].decide_batch([item])
     for fmt in (JSON, MSGPACK):
         raw = service.encode(service.respond(pending, outcome), fmt)
         decoded = (msgspec.json if fmt == JSON else msgspec.msgpack).decode(
-            raw, type=DecideResponse)
+            raw, type=DecideResponse
+        )
         ids = [a.id for a in decoded.actions]
         assert sorted(ids, key=str) == sorted([5, 9, "new-item"], key=str)
         assert [a.rank for a in decoded.actions] == [1, 2, 3]
@@ -195,8 +260,14 @@ def test_openapi_document_describes_the_api():
     assert set(post["requestBody"]["content"]) == {"application/json", "application/msgpack"}
     assert {"200", "400", "404", "413", "415", "503"} <= set(post["responses"])
     schemas = doc["components"]["schemas"]
-    assert {"DecideRequest", "DecideResponse", "ObdContext", "HillstromContext",
-            "RankedAction", "Candidate"} <= set(schemas)
+    assert {
+        "DecideRequest",
+        "DecideResponse",
+        "ObdContext",
+        "HillstromContext",
+        "RankedAction",
+        "Candidate",
+    } <= set(schemas)
     assert "oneOf" in schemas["DecideRequest"]["properties"]["context"]
     assert schemas["DecideRequest"]["required"] == ["use_case", "context"]
     json.dumps(doc)  # serialisable as served
