@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--modes: unknown {sorted(unknown)}; choose from {MODES}")
     rows: list[Row] = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ingress-") as tmp:
         workdir = Path(tmp)
         runs: list[tuple[str, str, str]] = []
@@ -292,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if base and base[0].rps > 0:
             row.ratio = row.rps / base[0].rps
+    print(
+        f"machine: {os.cpu_count()} CPUs; 1-min load average before / after: "
+        f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f} (above 0, other processes competed)"
+    )
     header = (
         f"{'app':<11}{'placement':<10}{'route':<29}{'mode':<22}{'req/s':>9}{'p50 ms':>9}"
         f"{'p99 ms':>9}{'x proxy':>9}"

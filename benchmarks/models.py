@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks._timing import Case, time_callable
+from nudgeserve.kernels import get_num_threads, set_num_threads
 from nudgeserve.models import (
     HillstromScorer,
     ObdScorer,
@@ -113,7 +114,10 @@ def hillstrom_cases(device: torch.device, batch_sizes: tuple[int, ...]) -> list[
 
 def run(devices: list[torch.device], batch_sizes: tuple[int, ...], quick: bool) -> None:
     budget = dict(samples=7, max_total_s=0.5) if quick else dict(samples=15, max_total_s=2.0)
-    print(f"torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}")
+    print(
+        f"torch {torch.__version__}, torch intra-op threads: {torch.get_num_threads()}, "
+        f"kernel threads: {get_num_threads()}"
+    )
     header = f"{'case':<34} {'median/call':>12} {'scored/s':>14} {'ratio':>7}"
     for device in devices:
         for title, cases in (
@@ -155,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(map(str, BATCH_SIZES)),
         help="comma-separated batch sizes (default %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op and kernel threads"
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda", "all"),
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+        set_num_threads(args.threads)  # the kernels' OpenMP/Numba threads, as a replica sets
     devices = []
     if args.device in ("cpu", "all"):
         devices.append(torch.device("cpu"))

@@ -30,7 +30,6 @@ _F1 = np.uint64(0x85EBCA6B)
 _F2 = np.uint64(0xC2B2AE35)
 _N = np.uint64(0xE6546B64)
 _U0 = np.uint64(0)
-_U1 = np.uint64(1)
 _U5 = np.uint64(5)
 _U8 = np.uint64(8)
 _U13 = np.uint64(13)
@@ -55,7 +54,7 @@ _XDFFF = np.uint64(0xDFFF)
 _X10FFFF = np.uint64(0x10FFFF)
 
 # error_model="numpy": no zero-divisor check per division (it blocks vectorisation; every
-# divisor here is validated non-zero).
+# divisor here is validated or guarded non-zero).
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 # Inputs are typed read-only so read-only arrays (np.frombuffer, memory maps) are
@@ -225,10 +224,12 @@ def _ucs4_parallel(codes, seed, n_buckets, out, n_chunks, bad):
 
 @njit([types.void(_RO_U64, _u64, _u64, out, _i64, _i64) for out in _OUTS], **_OPTS)
 def _int64_chunk(values, seed, n_buckets, out, lo, hi):
-    for i in range(lo, hi):
-        v = values[i]
+    vs = values[lo:hi]  # slices: a loop index starting at 0 vectorises
+    outs = out[lo:hi]
+    for i in range(vs.shape[0]):
+        v = vs[i]
         h = _finish(_mix_h(_mix_h(seed, v & _M32), v >> _U32), _U8)
-        out[i] = h if n_buckets == 0 else h % n_buckets
+        outs[i] = h if n_buckets == 0 else h % n_buckets
 
 
 @njit([types.void(_RO_U64, _u64, _u64, out, _i64) for out in _OUTS], parallel=True, **_OPTS)

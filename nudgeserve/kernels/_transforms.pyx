@@ -3,13 +3,15 @@
 Rows are split over OpenMP threads when the matrix is large enough; the per-element work is
 branch-free selects so the inner loops vectorise. Float arithmetic is plain IEEE float32
 (``log1p``: float64, rounded), in the same order as the reference, so results are
-bit-identical to it.
+bit-identical to it (the constants and log1p's polynomial come from ``_transforms_ref``).
 """
 
 from cython.parallel cimport prange
-from libc.float cimport FLT_MAX
-from libc.math cimport INFINITY, log1p as c_log1p, nextafterf
+from libc.math cimport INFINITY, fabsf
 from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy
+
+from . import _transforms_ref
 
 # Below these sizes (elements) one thread is faster than waking the OpenMP team: the
 # cheap ops are memory-bound and only pay off on large matrices.
@@ -20,8 +22,10 @@ cdef Py_ssize_t LINEAR_MAX_BOUNDS = 24
 PARALLEL_MIN_ELEMENTS = {"standardize": PARALLEL_MIN_CHEAP, "clip": PARALLEL_MIN_CHEAP,
                          "log1p": PARALLEL_MIN_COSTLY, "bucketize": PARALLEL_MIN_COSTLY}
 
-cdef float LOG1P_FLOOR = <float>c_log1p(<double>nextafterf(-1.0, 0.0))
-cdef float LOG1P_CEIL = <float>c_log1p(<double>FLT_MAX)
+cdef float LOG1P_FLOOR = _transforms_ref.LOG1P_FLOOR
+cdef float LOG1P_CEIL = _transforms_ref.LOG1P_CEIL
+cdef float LOG1P_TINY = _transforms_ref.LOG1P_TINY
+cdef int64_t SQRT_HALF_BITS = _transforms_ref.SQRT_HALF_BITS
 
 ctypedef fused bucket_t:
     int32_t
@@ -72,23 +76,46 @@ def clip(const float[:, ::1] x, const float[::1] low, const float[::1] high,
     return out.base
 
 
+cdef inline float log1p_domain(float v) noexcept nogil:
+    """``_transforms_ref.log1p_domain`` for one finite v > -1: the same float64 arithmetic,
+    in the same order (the build must not contract it into FMAs), so bit-identical."""
+    cdef double u = 1.0 + <double>v
+    cdef int64_t ix, k
+    cdef double z, dk, f, hfsq, s, z2, w, t1, t2, r
+    memcpy(&ix, &u, 8)
+    k = (ix - SQRT_HALF_BITS) >> 52
+    ix = ix - (k << 52)
+    memcpy(&z, &ix, 8)
+    dk = <double>k
+    f = z - 1.0
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    z2 = s * s
+    w = z2 * z2
+    t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01
+                                              + w * 1.531383769920937332e-01))
+    t2 = z2 * (6.666666666666735130e-01 + w * (2.857142874366239149e-01
+               + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)))
+    r = (s * (hfsq + (t2 + t1)) + dk * 1.90821492927058770002e-10 - hfsq + f
+         + dk * 6.93147180369123816490e-01)
+    return v if fabsf(v) < LOG1P_TINY else <float>r
+
+
 def log1p(const float[::1] x, float[::1] out, int n_threads=1):
-    """``out = float32(log1p(float64(x)))``; NaN -> 0, x <= -1 -> floor, +inf -> ceiling."""
+    """``out = log1p(x)`` (see ``_transforms_ref.log1p_domain``); NaN -> 0,
+    x <= -1 -> floor, +inf -> ceiling."""
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t i
-    cdef float v
+    cdef float v, r
     cdef int team = _team(n, n_threads, PARALLEL_MIN_COSTLY)
     with nogil:
         for i in prange(n, schedule="static", num_threads=team):
+            # Selects, not branches: NaN, <= -1 and +inf evaluate the polynomial at 0 and
+            # are then replaced.
             v = x[i]
-            if v != v:
-                out[i] = 0.0
-            elif v <= -1.0:
-                out[i] = LOG1P_FLOOR
-            elif v == INFINITY:
-                out[i] = LOG1P_CEIL
-            else:
-                out[i] = <float>c_log1p(<double>v)
+            r = log1p_domain(v if (v > -1.0) & (v < INFINITY) else 0.0)
+            r = LOG1P_FLOOR if v <= -1.0 else r
+            out[i] = LOG1P_CEIL if v == INFINITY else r
     return out.base
 
 

@@ -123,6 +123,7 @@ class ObdFeaturizer:
         self.spec = spec
         self._item_mean = np.asarray(spec.item_numeric_mean, dtype=np.float32)
         self._item_std = np.asarray(spec.item_numeric_std, dtype=np.float32)
+        self._affinity_input_cap = float(np.expm1(spec.affinity_clip))
 
     @staticmethod
     def fit_spec(
@@ -175,10 +176,10 @@ class ObdFeaturizer:
                 f"affinity has {values.shape[0]} rows but user_features has {batch_size}"
             )
         # Affinities are non-negative counts with a long tail (up to 15 in the logs);
-        # log1p then a cap keeps one heavy user from dominating the logit.
-        values = clip(values, 0.0, np.inf)
-        values = log1p(values)
-        return clip(values, 0.0, self.spec.affinity_clip)
+        # log1p then a cap keeps one heavy user from dominating the logit. log1p is
+        # increasing, so capping the input at expm1(cap) first does both in two passes.
+        values = clip(values, 0.0, self._affinity_input_cap)
+        return log1p(values, out=values)
 
     def transform(self, user_features: Any, affinity: Any = None) -> ObdFeatures:
         """A batch of raw contexts -> ``ObdFeatures``.

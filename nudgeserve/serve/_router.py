@@ -220,6 +220,7 @@ class Router:
         in_batch = times.featurize_s + times.model_s + times.select_s
         stats.record_success(
             decoded.batch_size,
+            times.batch_size,
             t3 - t0,
             max(0.0, (t2 - t1) - in_batch),
             (t1 - t0 + times.featurize_s, times.model_s, t3 - t2),

@@ -120,8 +120,9 @@ class _UseCase(_Settings):
         name under ``/v2/models/``.
     checkpoint: ``"default"`` (the shipped checkpoint) or a checkpoint path (either file
         or their common stem).
-    version: reported model version; None uses the first 12 hex digits of the weights'
-        SHA-256, so a changed checkpoint always shows.
+    version: the model's version under ``/v2/models/{model_name}/versions/``: a positive
+        integer, as Triton's clients (``perf_analyzer``) parse it. Decisions report it with
+        the checkpoint's identity (the first 12 hex digits of its weights' SHA-256).
     device: ``auto`` (CUDA when the replica has a GPU), ``cpu`` or ``cuda``.
     max_k: the largest ``k`` a decision may ask for.
     """
@@ -129,7 +130,7 @@ class _UseCase(_Settings):
     name: Name
     model_name: Name
     checkpoint: str = "default"
-    version: Name | None = None
+    version: Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,17}$")] = "1"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batching: Batching = msgspec.field(default_factory=Batching)
@@ -216,7 +217,7 @@ class ServerSettings(_Settings):
     """
 
     ingress: Literal["proxy", "direct", "throughput_optimized"] = "throughput_optimized"
-    placement: Literal["separate", "colocated"] = "separate"
+    placement: Literal["separate", "colocated"] = "colocated"
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 8 << 20
     request_timeout_s: PositiveFloat = 10.0
     gateway: DeploymentSettings = msgspec.field(

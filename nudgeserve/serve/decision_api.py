@@ -87,12 +87,19 @@ class RankedAction(msgspec.Struct, frozen=True, array_like=False):
 
 
 class DecideResponse(msgspec.Struct, frozen=True):
-    """The decision: ranked actions and everything needed to log and evaluate it."""
+    """The decision: ranked actions and everything needed to log and evaluate it.
+
+    model_version: the served version (as under ``/v2/models``); model_checkpoint: the
+    first 12 hex digits of the checkpoint weights' SHA-256 (which weights decided).
+    policy: the selection policy (``greedy``, ``epsilon_greedy``, ``plackett_luce``);
+    experiment, variant: the unit's assignment when an experiment was named.
+    """
 
     decision_id: str
     use_case: str
     model_name: str
     model_version: str
+    model_checkpoint: str
     policy: str
     actions: list[RankedAction]
     experiment: str | None = None

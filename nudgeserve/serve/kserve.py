@@ -502,7 +502,9 @@ class ModelStatistics:
     version: str
     last_inference_ms: int = 0
     inference_count: int = 0
-    execution_count: int = 0
+    # Model executions: each request adds 1 / (requests in its batch), so the sum counts
+    # the batches this gateway's requests ran in.
+    execution_count: float = 0.0
     success: _Duration = field(default_factory=_Duration)
     fail: _Duration = field(default_factory=_Duration)
     queue: _Duration = field(default_factory=_Duration)
@@ -512,12 +514,19 @@ class ModelStatistics:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
-        self, batch_size: int, total_s: float, queue_s: float, stages: tuple[float, float, float]
+        self,
+        rows: int,
+        requests_in_batch: int,
+        total_s: float,
+        queue_s: float,
+        stages: tuple[float, float, float],
     ) -> None:
+        """One answered request: ``rows`` inferred, in a batch of ``requests_in_batch``
+        requests; seconds in total, queued, and in compute input/infer/output."""
         with self._lock:
             self.last_inference_ms = int(time.time() * 1000)
-            self.inference_count += batch_size
-            self.execution_count += 1
+            self.inference_count += rows
+            self.execution_count += 1.0 / max(1, requests_in_batch)
             self.success.add(int(total_s * 1e9))
             self.queue.add(int(queue_s * 1e9))
             for d, s in zip(
@@ -537,7 +546,7 @@ class ModelStatistics:
                 "version": self.version,
                 "last_inference": self.last_inference_ms,
                 "inference_count": self.inference_count,
-                "execution_count": self.execution_count,
+                "execution_count": round(self.execution_count),
                 "inference_stats": {
                     "success": self.success.as_dict(),
                     "fail": self.fail.as_dict(),

@@ -321,6 +321,7 @@ class DecisionService:
             use_case=info.name,
             model_name=info.model_name,
             model_version=info.version,
+            model_checkpoint=info.checkpoint_id,
             policy=pending.policy,
             actions=actions,
             experiment=pending.experiment,

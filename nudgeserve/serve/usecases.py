@@ -88,14 +88,16 @@ class InferOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
 class UseCaseInfo:
     """What the gateway needs about a use case (no weights, no torch state).
 
+    version: the served version (a positive integer, as a string);
+    checkpoint_id: the first 12 hex digits of the weights' SHA-256.
     catalog: the actions by id: OBD item ids ``0..n_items-1``, Hillstrom treatment names.
-    context_fields: names of the raw context fields (for error messages).
     """
 
     name: str
     kind: str
     model_name: str
     version: str
+    checkpoint_id: str
     catalog: tuple[Any, ...]
     default_k: int
     max_k: int
@@ -143,7 +145,8 @@ def describe(settings: UseCase) -> UseCaseInfo:
             f"{CHECKPOINT_KIND[kind]!r}",
             where,
         )
-    version = settings.version or metadata.weights_sha256[:12]
+    version = settings.version
+    checkpoint_id = metadata.weights_sha256[:12]
     spec = metadata.feature_spec
     batch = settings.batching
     delay_us = int(batch.batch_wait_timeout_s * 1e6)
@@ -172,6 +175,7 @@ def describe(settings: UseCase) -> UseCaseInfo:
             kind=kind,
             model_name=settings.model_name,
             version=version,
+            checkpoint_id=checkpoint_id,
             catalog=tuple(range(spec.n_items)),
             default_k=min(spec.n_positions, settings.max_k),
             max_k=settings.max_k,
@@ -208,6 +212,7 @@ def describe(settings: UseCase) -> UseCaseInfo:
         kind=kind,
         model_name=settings.model_name,
         version=version,
+        checkpoint_id=checkpoint_id,
         catalog=tuple(spec.treatments),
         default_k=1,
         max_k=min(settings.max_k, n_t),

@@ -538,3 +538,25 @@ S = np.zeros((2, 3), dtype=np.float32)
 def test_bad_input_raises_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_propensity_tables_are_cached_exactly():
+    from nudgeserve.kernels import sampling
+
+    alpha, beta = np.array([2.0, 3.0, 4.0]), np.array([20.0, 25.0, 30.0])
+    seeds = np.arange(6)
+    mask = np.zeros((6, 3), dtype=bool)
+    mask[3:, 0] = True
+    sampling._TABLES.clear()
+    first = thompson_bernoulli_slate(alpha, beta, 2, seeds, mask)
+    cached = thompson_bernoulli_slate(alpha, beta, 2, seeds, mask)
+    np.testing.assert_array_equal(first[1], cached[1])
+    want = ref.thompson_slot_probabilities(
+        np.stack([alpha, alpha]), np.stack([beta, beta]), ~mask[[0, 3]], 2
+    )
+    for r in range(6):
+        u = 0 if r < 3 else 1
+        np.testing.assert_array_equal(first[1][r], want[u, [0, 1], first[0][r]])
+    # Any change to a posterior is a different table, never a stale hit.
+    moved = thompson_bernoulli_slate(alpha + [0.0, 1e-9, 0.0], beta, 2, seeds, mask)
+    assert not np.array_equal(moved[1], first[1])

@@ -120,6 +120,7 @@ def test_tagged_sections_decode_to_their_types():
             ["'obdx'", "obd, hillstrom"],
         ),
         (with_use_case(name="has space"), "use_cases[0].name", ["'has space'"]),
+        (with_use_case(version="v2"), "use_cases[0].version", ["'v2'", "[1-9]"]),
     ],
 )
 def test_bad_value_names_setting_value_and_what_is_allowed(raw, setting, fragments):

@@ -352,11 +352,11 @@ def test_every_datatype_round_trips_in_binary():
 
 def test_statistics_accumulate():
     stats = ModelStatistics("m", "1")
-    stats.record_success(4, 0.002, 0.0005, (0.0003, 0.001, 0.0001))
-    stats.record_success(1, 0.001, 0.0, (0.0001, 0.0005, 0.0001))
+    stats.record_success(4, 2, 0.002, 0.0005, (0.0003, 0.001, 0.0001))
+    stats.record_success(1, 2, 0.001, 0.0, (0.0001, 0.0005, 0.0001))
     stats.record_failure(0.0001)
     d = stats.as_dict()
-    assert (d["inference_count"], d["execution_count"]) == (5, 2)
+    assert (d["inference_count"], d["execution_count"]) == (5, 1)  # one batch of two
     assert d["inference_stats"]["success"] == {"count": 2, "ns": 3_000_000}
     assert d["inference_stats"]["fail"]["count"] == 1
     assert d["inference_stats"]["compute_infer"]["ns"] == 1_500_000

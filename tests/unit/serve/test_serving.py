@@ -249,7 +249,8 @@ def test_answer_maps_indices_back_to_ids(service, engines):
         ids = [a.id for a in decoded.actions]
         assert sorted(ids, key=str) == sorted([5, 9, "new-item"], key=str)
         assert [a.rank for a in decoded.actions] == [1, 2, 3]
-        assert decoded.model_version == engines["obd"].info.version
+        assert decoded.model_version == engines["obd"].info.version == "1"
+        assert decoded.model_checkpoint == engines["obd"].info.checkpoint_id
         assert all(0 < a.propensity <= 1 for a in decoded.actions)
         np.testing.assert_allclose([a.score for a in decoded.actions], outcome.scores)
 
