@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 # Set for Ray's workers (runtime_env) so the replica imports the kernels as NumPy only.
@@ -36,74 +37,87 @@ def _binary_response(header: dict, blobs: list[bytes]) -> tuple[bytes, dict[str,
     return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
 
 
+class _Candidate(msgspec.Struct, frozen=True):
+    id: int | str
+
+
+class _Context(msgspec.Struct, frozen=True):
+    user_features: list[str]
+    affinity: list[float] | None = None
+
+
+class _DecideRequest(msgspec.Struct, frozen=True):
+    """The fields of our server's ``/v1/decide`` request that the OBD use case reads."""
+
+    use_case: str
+    context: _Context
+    candidates: list[_Candidate] | None = None
+    k: int | None = None
+
+
 class PlainDecider:
     """``POST /v1/decide`` for the OBD use case, one request at a time.
 
-    Same wire types and the same policy as our server's default (epsilon-greedy, epsilon
-    0.1, ranking by slot-0 click probability), but per request and through whatever
-    kernel backend the process chose (NumPy in the baseline). Decisions are not logged.
+    Same request and response fields and the same policy as our server's default
+    (epsilon-greedy, epsilon 0.1, ranking by slot-0 click probability), but per request
+    and through whatever kernel backend the process chose (NumPy in the baseline). Its
+    wire types are its own, so the baseline does not borrow the server's code; decisions
+    are not logged.
     """
 
     def __init__(self, scorer: Any, epsilon: float = 0.1, default_k: int = 3) -> None:
-        import msgspec
-
-        from nudgeserve.serve import decision_api as api
-
-        self.api = api
         self.scorer = scorer
         self.epsilon = epsilon
         self.default_k = default_k
         self.n_items = scorer.n_items
-        self.version = scorer.loaded.metadata.weights_sha256[:12]
-        self.request_decoder = msgspec.json.Decoder(api.DecideRequest)
-        self.context_decoder = msgspec.json.Decoder(api.ObdContext)
+        self.checkpoint = scorer.loaded.metadata.weights_sha256[:12]
+        self.decoder = msgspec.json.Decoder(_DecideRequest)
         self.encoder = msgspec.json.Encoder()
         self.rng = np.random.default_rng()
 
     def decide(self, body: bytes) -> bytes:
         """Request bytes -> response bytes; ValueError (400) / LookupError (404) name the
         bad field."""
-        import msgspec
-
         from nudgeserve.kernels import epsilon_greedy_slate
 
-        api = self.api
         try:
-            req = self.request_decoder.decode(body)
-            ctx = self.context_decoder.decode(req.context)
+            req = self.decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise ValueError(str(exc)) from None
         if req.use_case != "obd":
             raise LookupError(f"use_case: {req.use_case!r} is not served (only 'obd')")
+        ctx = req.context
         users = np.array([ctx.user_features], dtype=object)
         affinity = None if ctx.affinity is None else np.array([ctx.affinity], np.float32)
         scores = self.scorer.predict(self.scorer.featurizer.transform(users, affinity), 0)
         excluded = None
+        allowed = self.n_items
         if req.candidates is not None:
             ids = [c.id for c in req.candidates]
             if not all(isinstance(i, int) and 0 <= i < self.n_items for i in ids):
                 raise ValueError(f"candidates: ids must be catalog items 0..{self.n_items - 1}")
             excluded = np.ones((1, self.n_items), dtype=np.bool_)
             excluded[0, ids] = False
+            allowed = len(set(ids))
         k = req.k if req.k is not None else self.default_k
-        allowed = self.n_items if req.candidates is None else len(set(ids))
         if not 1 <= k <= allowed:
             raise ValueError(f"k: must be in [1, {allowed}], got {k}")
         seed = np.array([self.rng.integers(0, 2**63)], dtype=np.uint64)
         idx, prop = epsilon_greedy_slate(scores, k, self.epsilon, seed, mask=excluded)
         actions = [
-            api.RankedAction(id=int(i), rank=r + 1, score=float(scores[0, i]), propensity=float(p))
+            {"id": int(i), "rank": r + 1, "score": float(scores[0, i]), "propensity": float(p)}
             for r, (i, p) in enumerate(zip(idx[0], prop[0], strict=True))
         ]
         return self.encoder.encode(
-            api.DecideResponse(
-                decision_id=self.rng.bytes(16).hex(),
-                use_case="obd",
-                model_name="obd_click",
-                model_version=self.version,
-                policy=f"epsilon_greedy({self.epsilon:g})",
-                actions=actions,
-            )
+            {
+                "decision_id": self.rng.bytes(16).hex(),
+                "use_case": "obd",
+                "model_name": "obd_click",
+                "model_version": "1",
+                "model_checkpoint": self.checkpoint,
+                "policy": "epsilon_greedy",
+                "actions": actions,
+            }
         )
 
 

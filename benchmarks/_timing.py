@@ -26,8 +26,12 @@ class Case:
     baseline: bool = False
 
 
-def time_callable(fn: Callable[[], object], min_sample_s: float = 2e-3, samples: int = 15,
-                  max_total_s: float = 3.0) -> float:
+def time_callable(
+    fn: Callable[[], object],
+    min_sample_s: float = 2e-3,
+    samples: int = 15,
+    max_total_s: float = 3.0,
+) -> float:
     """Median seconds per call of ``fn``.
 
     Calls are grouped so that each sample lasts at least ``min_sample_s`` (timer noise),

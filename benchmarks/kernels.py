@@ -36,10 +36,20 @@ def run_cases(cases: list[Case], threads: int) -> list[dict]:
     set_threads(threads)
     rows = []
     for i, case in enumerate(cases, 1):
-        print(f"  [{threads} thread(s)] {i}/{len(cases)} {case.group} :: {case.name}",
-              file=sys.stderr, flush=True)
-        rows.append({"group": case.group, "name": case.name, "baseline": case.baseline,
-                     "threads": threads, "median_s": time_callable(case.fn)})
+        print(
+            f"  [{threads} thread(s)] {i}/{len(cases)} {case.group} :: {case.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        rows.append(
+            {
+                "group": case.group,
+                "name": case.name,
+                "baseline": case.baseline,
+                "threads": threads,
+                "median_s": time_callable(case.fn),
+            }
+        )
     best_baseline: dict[str, float] = {}
     for r in rows:
         if r["baseline"]:
@@ -62,16 +72,19 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.kernels",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--json", dest="json_path", help="also write the figures as JSON here")
     parser.add_argument("--only", default="", help="run only groups containing this text")
-    parser.add_argument("--threads", default=None,
-                        help="comma-separated thread counts (default: 1 and all cores)")
+    parser.add_argument(
+        "--threads", default=None, help="comma-separated thread counts (default: 1 and all cores)"
+    )
     args = parser.parse_args(argv)
     all_cores = os.cpu_count() or 1
-    threads = ([int(t) for t in args.threads.split(",")] if args.threads
-               else sorted({1, all_cores}))
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, all_cores})
 
     from nudgeserve import kernels
 
@@ -84,9 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"machine": {"cpus": all_cores, "processor": platform.machine(),
-                                   "python": platform.python_version()},
-                       "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "machine": {
+                        "cpus": all_cores,
+                        "processor": platform.machine(),
+                        "python": platform.python_version(),
+                    },
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
         print(f"\nwrote {args.json_path}")
     return 0
 

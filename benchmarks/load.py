@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file for the started 'nudgeserve run' (default: its built-in defaults)",
     )
     p.add_argument(
+        "--triton-queue-delay-us",
+        type=int,
+        default=500,
+        help="Triton dynamic batcher max_queue_delay_microseconds (default 500)",
+    )
+    p.add_argument("--triton-max-batch-size", type=int, default=128, help="Triton max_batch_size")
+    p.add_argument(
         "--checkpoint",
         default=None,
         help="OBD checkpoint for the baselines (default: the shipped one)",
@@ -200,6 +207,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--warmup must be >= 0 seconds, got {args.warmup}")
     if args.k < 1 or args.candidates < args.k:
         raise ValueError(f"--k must be >= 1 and <= --candidates ({args.candidates}), got {args.k}")
+    if args.triton_queue_delay_us < 0 or args.triton_max_batch_size < 1:
+        raise ValueError(
+            "--triton-queue-delay-us must be >= 0 and --triton-max-batch-size >= 1, got "
+            f"{args.triton_queue_delay_us} and {args.triton_max_batch_size}"
+        )
     if args.requests < 1:
         raise ValueError(f"--requests must be >= 1, got {args.requests}")
     if args.url is not None and not args.url.startswith("http://"):
@@ -257,6 +269,10 @@ def running(system: str, args: argparse.Namespace, run_dir: Path) -> Iterator[st
             str(free_port()),
             "--workspace",
             str(run_dir / f"triton-workspace-{port}"),
+            "--queue-delay-us",
+            str(args.triton_queue_delay_us),
+            "--max-batch-size",
+            str(args.triton_max_batch_size),
         ]
         if args.checkpoint:
             cmd += ["--checkpoint", args.checkpoint]
@@ -282,20 +298,18 @@ def running(system: str, args: argparse.Namespace, run_dir: Path) -> Iterator[st
         server.stop()
 
 
-def check_v2_contract(system: str, base: str) -> dict:
+def check_v2_contract(base: str) -> dict:
     """The model metadata (returned) must declare the tensors the request set uses."""
     status, body = http_get(f"{base}/v2/models/{wl.V2_MODEL}")
     if status != 200:
-        raise RuntimeError(
-            f"{system}: GET /v2/models/{wl.V2_MODEL} answered {status}: {body[:300]!r}"
-        )
+        raise RuntimeError(f"GET /v2/models/{wl.V2_MODEL} answered {status}: {body[:300]!r}")
     meta = json.loads(body)
     names = {t["name"] for t in meta.get("inputs", [])}
     want = {wl.V2_USER_INPUT, wl.V2_AFFINITY_INPUT}
     outs = {t["name"] for t in meta.get("outputs", [])}
     if not want <= names or wl.V2_OUTPUT not in outs:
         raise RuntimeError(
-            f"{system}: model {wl.V2_MODEL} declares inputs {sorted(names)} and "
+            f"model {wl.V2_MODEL} declares inputs {sorted(names)} and "
             f"outputs {sorted(outs)}; the benchmark sends {sorted(want)} and "
             f"reads {wl.V2_OUTPUT}"
         )
@@ -336,11 +350,14 @@ def settle(system: str, target: HttpTarget, quiet_s: float = 0.25, limit_s: floa
     log(f"{system}: still slow {limit_s:.0f}s after an overloaded point; going on")
 
 
-def smoke(system: str, api: str, target: HttpTarget, validate: Callable[[bytes], None]) -> None:
+def smoke(api: str, target: HttpTarget, validate: Callable[[bytes], None]) -> None:
     status, body = request_once(target)
     if status != 200:
-        raise RuntimeError(f"{system}: {api} request answered {status}: {body[:500]!r}")
-    validate(body)
+        raise RuntimeError(f"{api} request answered {status}: {body[:500]!r}")
+    try:
+        validate(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"{api} answer is not what the benchmark expects: {exc}") from None
 
 
 # --- driving -----------------------------------------------------------------------------
@@ -352,7 +369,7 @@ def drive(system: str, base: str, args: argparse.Namespace, work: dict, run_dir:
     rows: list[Row] = []
     apis = [a for a in args.apis if a in SERVES[system]]
     if "v2" in apis:
-        meta = check_v2_contract(system, base)
+        meta = check_v2_contract(base)
         problem = perf_analyzer_problem(meta)
         if work.get("pa") is not None and problem is not None:
             # One client for every system, or the v2 ratios would compare clients.
@@ -364,7 +381,7 @@ def drive(system: str, base: str, args: argparse.Namespace, work: dict, run_dir:
             work["pa_fallback"] = f"{system}: {problem}"
         pa = work.get("pa")
         target = HttpTarget(host, int(port), f"/v2/models/{wl.V2_MODEL}/infer", work["v2"])
-        smoke(system, "v2", target, work["v2_validate"])
+        smoke("v2", target, work["v2_validate"])
         for c in args.concurrency:
             log(f"{system}: v2 closed loop, concurrency {c}")
             if pa is not None:
@@ -397,7 +414,7 @@ def drive(system: str, base: str, args: argparse.Namespace, work: dict, run_dir:
                 settle(system, target)
     if "decide" in apis:
         target = HttpTarget(host, int(port), "/v1/decide", work["decide"])
-        smoke(system, "decide", target, work["decide_validate"])
+        smoke("decide", target, work["decide_validate"])
         for c in args.concurrency:
             log(f"{system}: decide closed loop, concurrency {c}")
             rows.append(Row(system, "decide", closed_loop(target, c, args.duration, args.warmup)))

@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("bench-kernels", "bench_kernels", "time kernel backends; --write-profile picks one per op"),
     ("evaluate", "evaluate", "off-policy evaluation on OBD logs or exported decision logs"),
     ("export", "export", "export joined decisions and outcomes to Parquet"),
+    ("impact", "impact", "causal impact of interventions (Hillstrom or exported logs)"),
 ]
 
 

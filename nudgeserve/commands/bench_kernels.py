@@ -11,13 +11,21 @@ HELP = "time every kernel backend on this machine; --write-profile makes import 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--write-profile", action="store_true",
-                        help="write the fastest backend per op to the profile file")
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="profile path (default: $NUDGESERVE_KERNEL_PROFILE or the user cache)")
+    parser.add_argument(
+        "--write-profile",
+        action="store_true",
+        help="write the fastest backend per op to the profile file",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="profile path (default: $NUDGESERVE_KERNEL_PROFILE or the user cache)",
+    )
     parser.add_argument("--samples", type=int, default=9, help="timing samples per backend")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads the kernels may use (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads the kernels may use (default: all cores)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
         print("error: --samples must be at least 3", file=sys.stderr)
         return 2
     if os.environ.get("NUDGESERVE_KERNELS"):
-        print("note: NUDGESERVE_KERNELS is set and overrides any profile at import",
-              file=sys.stderr)
+        print(
+            "note: NUDGESERVE_KERNELS is set and overrides any profile at import", file=sys.stderr
+        )
     from nudgeserve import kernels
     from nudgeserve.kernels import _profile
 

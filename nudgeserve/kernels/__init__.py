@@ -7,11 +7,11 @@ This package imports nothing else of nudgeserve.
 
 from ._backend import REGISTRY, chosen_backends, default_profile_path
 from ._threads import get_num_threads, set_num_threads
+from ._warmup import warmup
 from .hashing import hash_categorical, murmurhash3_32
 from .sampling import epsilon_greedy_slate, plackett_luce_slate, thompson_bernoulli_slate
 from .topk import topk
 from .transforms import bucketize, clip, log1p, standardize
-from ._warmup import warmup
 
 __all__ = [
     "REGISTRY",

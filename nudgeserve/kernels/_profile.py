@@ -31,8 +31,9 @@ def _median_seconds(fn: Callable[[], object], samples: int, min_sample_s: float 
     return statistics.median(times)
 
 
-def measure(ops: list[str] | None = None, samples: int = 9,
-            progress: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+def measure(
+    ops: list[str] | None = None, samples: int = 9, progress: Callable[[str], None] | None = None
+) -> dict[str, dict[str, float]]:
     """Median seconds per call, ``{op: {backend: seconds}}``, on each op's typical input."""
     timings: dict[str, dict[str, float]] = {}
     for op in ops or REGISTRY.ops:
@@ -41,7 +42,9 @@ def measure(ops: list[str] | None = None, samples: int = 9,
         for backend, impl in REGISTRY.implementations(op).items():
             if progress:
                 progress(f"{op}: {backend}")
-            timings[op][backend] = _median_seconds(lambda: impl(*args, **kwargs), samples)
+            timings[op][backend] = _median_seconds(
+                lambda impl=impl, args=args, kwargs=kwargs: impl(*args, **kwargs), samples
+            )
     return timings
 
 
@@ -50,9 +53,9 @@ def choose(timings: dict[str, dict[str, float]]) -> dict[str, str]:
     return {op: min(per, key=per.__getitem__) for op, per in timings.items() if per}
 
 
-def write_profile(path: Path | None = None, samples: int = 9,
-                  progress: Callable[[str], None] | None = None
-                  ) -> tuple[Path, dict[str, str], dict[str, dict[str, float]]]:
+def write_profile(
+    path: Path | None = None, samples: int = 9, progress: Callable[[str], None] | None = None
+) -> tuple[Path, dict[str, str], dict[str, dict[str, float]]]:
     """Measure, choose and write the profile JSON; returns ``(path, choices, timings)``."""
     timings = measure(samples=samples, progress=progress)
     choices = choose(timings)
@@ -61,8 +64,10 @@ def write_profile(path: Path | None = None, samples: int = 9,
     doc = {
         "choices": choices,
         "seconds": timings,
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = path.with_suffix(".tmp")

@@ -34,7 +34,9 @@ LG6 = 1.531383769920937332e-01
 LG7 = 1.479819860511658591e-01
 LN2_HI = 6.93147180369123816490e-01
 LN2_LO = 1.90821492927058770002e-10
-SQRT_HALF_BITS = 0x3FE6A09E667F3BCD  # sqrt(0.5) as float64 bits
+# fdlibm's split point just below sqrt(0.5): zero low word, so k can be computed from the
+# high 32 bits alone (the Cython kernel does; the result is the same).
+SQRT_HALF_BITS = 0x3FE6A09E00000000
 LOG1P_TINY = np.float32(2.0**-29)
 
 

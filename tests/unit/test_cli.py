@@ -34,8 +34,10 @@ def test_unknown_command_exits_2(capsys):
 
 
 def test_top_level_help_does_not_import_torch_or_ray():
-    code = ("import sys; from nudgeserve.cli import main\n"
-            "try: main(['--help'])\nexcept SystemExit: pass\n"
-            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
-            "[m for m in ('torch', 'ray') if m in sys.modules]")
+    code = (
+        "import sys; from nudgeserve.cli import main\n"
+        "try: main(['--help'])\nexcept SystemExit: pass\n"
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
+        "[m for m in ('torch', 'ray') if m in sys.modules]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -76,11 +76,14 @@ def test_env_forced_broken_backend_raises(monkeypatch):
         reg.get("double")
 
 
-@pytest.mark.parametrize("value, match", [
-    ("fortran", "must be one of"),
-    ("double=gpu", "must be one of"),
-    ("nosuchop=numpy", "unknown op"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ("fortran", "must be one of"),
+        ("double=gpu", "must be one of"),
+        ("nosuchop=numpy", "unknown op"),
+    ],
+)
 def test_env_typos_are_errors(monkeypatch, value, match):
     monkeypatch.setenv("NUDGESERVE_KERNELS", value)
     reg = _registry()

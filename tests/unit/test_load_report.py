@@ -12,8 +12,16 @@ from benchmarks._load_client import LoadResult
 
 def result(mode, offered, rps, p99, errors=0, incomplete=0):
     return LoadResult(
-        mode, offered, 3.0, ok=int(rps * 3), errors=errors, incomplete=incomplete,
-        throughput_rps=rps, p50_ms=p99 / 3, p95_ms=p99 / 2, p99_ms=p99,
+        mode,
+        offered,
+        3.0,
+        ok=int(rps * 3),
+        errors=errors,
+        incomplete=incomplete,
+        throughput_rps=rps,
+        p50_ms=p99 / 3,
+        p95_ms=p99 / 2,
+        p99_ms=p99,
     )
 
 
@@ -55,8 +63,7 @@ def test_decide_target_open_loop_must_deliver_the_offered_rate():
     short = result("open", 3000.0, 2500.0, 12.0)
     slow = result("open", 3000.0, 3000.0, 25.0)
     lost = result("open", 3000.0, 2990.0, 12.0, incomplete=5)
-    for res, status in ((delivered, "met"), (short, "missed"), (slow, "missed"),
-                        (lost, "missed")):
+    for res, status in ((delivered, "met"), (short, "missed"), (slow, "missed"), (lost, "missed")):
         (_, decide) = load.evaluate_targets([load.Row("ours", "decide", res)])
         assert decide["status"] == status, (res, decide)
 

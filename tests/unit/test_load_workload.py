@@ -80,3 +80,73 @@ def test_validate_v2_response():
     bad["outputs"][0]["name"] = "other"
     with pytest.raises(ValueError, match="expected"):
         wl.validate_v2_response(json.dumps(bad).encode())
+
+
+# --- real OBD requests through the plain baseline's decider --------------------------------
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return wl.load_obd_scorer(device="cpu")
+
+
+def test_request_sets_are_real_obd_contexts_and_the_baseline_answers_them(scorer):
+    from benchmarks._plain_serve_app import PlainDecider
+
+    ctx = wl.obd_contexts(16, seed=5)
+    assert ctx.user_features.shape == (16, 4) and ctx.affinity.shape == (16, 80)
+    decider = PlainDecider(scorer)
+    validate = wl.decide_validator(3)
+    for body in wl.decide_bodies(ctx, 80, 3, seed=5):
+        request = json.loads(body)
+        assert sorted(c["id"] for c in request["candidates"]) == list(range(80))
+        answer = decider.decide(body)
+        validate(answer)
+        assert json.loads(answer)["model_name"] == wl.V2_MODEL
+    # v2 bodies carry the same contexts; the model maps them to probabilities.
+    first = json.loads(wl.v2_json_bodies(ctx)[0])
+    assert first["inputs"][0]["data"] == [str(u) for u in ctx.user_features[0]]
+    probs = wl.v2_infer(scorer, ctx.user_features, ctx.affinity)
+    assert probs.shape == (16, 3, 80) and np.all((probs > 0) & (probs < 1))
+
+
+def test_baseline_decider_rejects_bad_requests(scorer):
+    from benchmarks._plain_serve_app import PlainDecider
+
+    decider = PlainDecider(scorer)
+    users = '{"user_features": ["a", "b", "c", "d"]}'
+    with pytest.raises(ValueError, match="candidates"):
+        decider.decide(
+            f'{{"use_case": "obd", "context": {users}, "candidates": [{{"id": 80}}]}}'.encode()
+        )
+    with pytest.raises(ValueError, match="k: must be in"):
+        decider.decide(
+            f'{{"use_case": "obd", "context": {users}, "candidates": [{{"id": 1}}], '
+            f'"k": 2}}'.encode()
+        )
+    with pytest.raises(LookupError, match="use_case"):
+        decider.decide(f'{{"use_case": "hillstrom", "context": {users}}}'.encode())
+    with pytest.raises(ValueError, match="context"):
+        decider.decide(b'{"use_case": "obd", "context": {"user_features": 3}}')
+
+
+def test_decide_bodies_and_validator_reject_bad_arguments():
+    ctx = wl.ObdContexts(
+        np.array([["a", "b", "c", "d"]], dtype=object), np.zeros((1, 80), dtype=np.float32)
+    )
+    with pytest.raises(ValueError, match="n_candidates"):
+        wl.decide_bodies(ctx, 81, 3)
+    with pytest.raises(ValueError, match="k must be"):
+        wl.decide_bodies(ctx, 2, 3)
+    validate = wl.decide_validator(2)
+    one = {"actions": [{"id": 1, "rank": 1, "propensity": 0.9}]}
+    with pytest.raises(ValueError, match="2 actions"):
+        validate(json.dumps(one).encode())
+    dup = {
+        "actions": [
+            {"id": 1, "rank": 1, "propensity": 0.9},
+            {"id": 1, "rank": 2, "propensity": 0.9},
+        ]
+    }
+    with pytest.raises(ValueError, match="distinct"):
+        validate(json.dumps(dup).encode())

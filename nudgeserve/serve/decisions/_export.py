@@ -118,6 +118,8 @@ def arrow_schema(
         ("variant", pa.string()),
         ("policy", pa.string()),
         ("model_version", pa.string()),
+        ("use_case", pa.string()),
+        ("model_checkpoint", pa.string()),
         ("action", pa.int64()),
         ("action_id", pa.string()),
         ("position", pa.int64()),
@@ -305,6 +307,8 @@ def _columns(
         "variant",
         "policy",
         "model_version",
+        "use_case",
+        "model_checkpoint",
         "action",
         "action_id",
         "position",
@@ -339,6 +343,8 @@ def _columns(
             cols["variant"].append(rec.variant)
             cols["policy"].append(rec.policy)
             cols["model_version"].append(rec.model_version)
+            cols["use_case"].append(rec.use_case)
+            cols["model_checkpoint"].append(rec.model_checkpoint)
             cols["action"].append(rec.candidates.index(action))
             cols["action_id"].append(action)
             cols["position"].append(pos)

@@ -38,6 +38,8 @@ BASE_COLUMNS = frozenset(
         "variant",
         "policy",
         "model_version",
+        "use_case",
+        "model_checkpoint",
         "action",
         "action_id",
         "position",
@@ -66,13 +68,20 @@ class DecisionRecord(msgspec.Struct, array_like=True, gc=False):
     experiment, variant: experiment name and assigned arm ("" when none).
     model_version: version of the scoring model.
     policy: the selection policy as configured, e.g. ``"epsilon_greedy(0.1)"``.
-    candidates: str[N], the candidate action ids offered, in request order.
+    candidates: str[N], the candidate action ids offered, in request order (integer
+        item ids are logged as their decimal strings).
     actions: str[K], the chosen action ids by slot, position 0 first (K <= N); each
         one of ``candidates``.
     scores: float[K], the model score of each chosen action.
-    propensities: float[K], the probability that the policy put ``actions[k]`` at slot
-        ``k`` in this context (the Open Bandit Dataset's ``propensity_score``); in (0, 1].
+    propensities: float[K], the logging policy's probability for ``actions[k]`` at slot
+        ``k``, in (0, 1]. Per-position off-policy estimators read it as the marginal
+        P(action at position k | context), the Open Bandit Dataset's
+        ``propensity_score``; a probability conditional on the slots above is a
+        different quantity for k > 0, and the exported ``propensity`` is only what was
+        logged here.
     features: float[F], the context feature vector the model saw, kept for replay.
+    use_case: the served use case (e.g. ``"obd"``, ``"hillstrom"``).
+    model_checkpoint: which weights decided (e.g. a hash prefix of the checkpoint).
 
     Lists may be passed as NumPy arrays; they are stored as plain lists.
     """
@@ -89,6 +98,8 @@ class DecisionRecord(msgspec.Struct, array_like=True, gc=False):
     scores: list[float]
     propensities: list[float]
     features: list[float] = []
+    use_case: str = ""
+    model_checkpoint: str = ""
 
 
 class FeedbackEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -173,7 +184,16 @@ def validate_decision(rec: DecisionRecord) -> None:
         raise InvalidDecisionRecordType(
             f"record must be a DecisionRecord, got {type(rec).__name__}"
         )
-    for name in ("decision_id", "unit_id", "experiment", "variant", "model_version", "policy"):
+    for name in (
+        "decision_id",
+        "unit_id",
+        "experiment",
+        "variant",
+        "model_version",
+        "policy",
+        "use_case",
+        "model_checkpoint",
+    ):
         v = getattr(rec, name)
         if type(v) is not str:
             raise InvalidDecisionRecordType(f"record.{name} must be str, got {type(v).__name__}")

@@ -48,6 +48,8 @@ def sample_decisions(
                 scores=scores[i].tolist(),
                 propensities=[p] * n_slots,
                 features=features[i].tolist(),
+                use_case="obd",
+                model_checkpoint="0123456789ab",
             )
         )
     return out

@@ -70,6 +70,7 @@ def test_schema_and_one_row_per_slot(filled, tmp_path):
     assert [r["propensity"] for r in first] == pytest.approx([1 / 80] * 3)
     assert first[0]["time"] == datetime.fromtimestamp(T0, UTC)
     assert first[0]["candidates"] == recs[0].candidates
+    assert first[0]["use_case"] == "obd" and first[0]["model_checkpoint"] == "0123456789ab"
     assert first[2]["features"] == pytest.approx(recs[0].features, rel=1e-6)
     assert {r["decision_id"] for r in rows} == {r.decision_id for r in recs}
 

@@ -40,6 +40,8 @@ def _rec(**changes):
         ({"decision_id": 7}, InvalidDecisionRecordType, "decision_id"),
         ({"unit_id": None}, InvalidDecisionRecordType, "unit_id"),
         ({"policy": b"greedy"}, InvalidDecisionRecordType, "policy"),
+        ({"use_case": None}, InvalidDecisionRecordType, "use_case"),
+        ({"actions": ["0", "zz"]}, InvalidDecisionRecord, r"actions\[1\]"),
         ({"time": "now"}, InvalidDecisionRecordType, "time"),
         ({"time": math.inf}, InvalidDecisionRecord, "time"),
         ({"actions": []}, InvalidDecisionRecord, "actions"),
