@@ -24,8 +24,11 @@ PARALLEL_MIN_ELEMENTS = {"standardize": PARALLEL_MIN_CHEAP, "clip": PARALLEL_MIN
 
 cdef float LOG1P_FLOOR = _transforms_ref.LOG1P_FLOOR
 cdef float LOG1P_CEIL = _transforms_ref.LOG1P_CEIL
-cdef float LOG1P_TINY = _transforms_ref.LOG1P_TINY
-cdef int32_t SQRT_HALF_HI = _transforms_ref.SQRT_HALF_BITS >> 32
+assert _transforms_ref.SQRT_HALF_BITS == 0x3FE6A09E00000000  # the high word used below
+assert _transforms_ref.LOG1P_TINY == 1.862645149230957e-09
+
+# Chunks per thread for the element-wise ops split into spans.
+cdef Py_ssize_t CHUNKS_PER_THREAD = 4
 
 ctypedef fused bucket_t:
     int32_t
@@ -83,11 +86,12 @@ cdef inline float log1p_domain(float v) noexcept nogil:
     cdef uint64_t ix
     cdef int32_t hx, k
     cdef double z, dk, f, hfsq, s, z2, w, t1, t2, r
+    cdef float rounded
     # On the high word only (32-bit integer ops vectorise on any x86-64): the same k and z
     # as the reference's 64-bit formula because SQRT_HALF_BITS has a zero low word.
     memcpy(&ix, &u, 8)
     hx = <int32_t>(ix >> 32)
-    k = (hx - SQRT_HALF_HI) >> 20
+    k = (hx - 0x3FE6A09E) >> 20
     ix = (<uint64_t><uint32_t>(hx - (k << 20)) << 32) | (ix & 0xFFFFFFFFu)
     memcpy(&z, &ix, 8)
     dk = <double>k
@@ -102,24 +106,43 @@ cdef inline float log1p_domain(float v) noexcept nogil:
                + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)))
     r = (s * (hfsq + (t2 + t1)) + dk * 1.90821492927058770002e-10 - hfsq + f
          + dk * 6.93147180369123816490e-01)
-    return v if fabsf(v) < LOG1P_TINY else <float>r
+    # Rounded unconditionally, then selected: a conversion inside a branch is not
+    # if-converted (it can raise FP flags), which would stop the loop vectorising.
+    rounded = <float>r
+    return v if fabsf(v) < 1.862645149230957e-09 else rounded  # 2**-29: log1p(v) rounds to v
+
+
+cdef void log1p_span(const float* x, float* out, Py_ssize_t n) noexcept nogil:
+    # A plain loop from 0 in its own function vectorises; inside prange it does not.
+    # Selects, not branches: NaN, <= -1 and +inf evaluate the polynomial at 0 and are then
+    # replaced.
+    cdef Py_ssize_t i
+    cdef float v, r
+    # Locals, not the module globals: a store through out could alias a global, which
+    # would force a conditional reload and stop the loop vectorising.
+    cdef float floor = LOG1P_FLOOR
+    cdef float ceiling = LOG1P_CEIL
+    for i in range(n):
+        v = x[i]
+        r = log1p_domain(v if (v > -1.0) & (v < INFINITY) else 0.0)
+        r = floor if v <= -1.0 else r
+        out[i] = ceiling if v == INFINITY else r
 
 
 def log1p(const float[::1] x, float[::1] out, int n_threads=1):
     """``out = log1p(x)`` (see ``_transforms_ref.log1p_domain``); NaN -> 0,
     x <= -1 -> floor, +inf -> ceiling."""
     cdef Py_ssize_t n = x.shape[0]
-    cdef Py_ssize_t i
-    cdef float v, r
+    cdef Py_ssize_t c, lo, hi
     cdef int team = _team(n, n_threads, PARALLEL_MIN_COSTLY)
+    cdef Py_ssize_t n_chunks = team * CHUNKS_PER_THREAD
+    if n == 0:
+        return out.base
     with nogil:
-        for i in prange(n, schedule="static", num_threads=team):
-            # Selects, not branches: NaN, <= -1 and +inf evaluate the polynomial at 0 and
-            # are then replaced.
-            v = x[i]
-            r = log1p_domain(v if (v > -1.0) & (v < INFINITY) else 0.0)
-            r = LOG1P_FLOOR if v <= -1.0 else r
-            out[i] = LOG1P_CEIL if v == INFINITY else r
+        for c in prange(n_chunks, schedule="static", num_threads=team):
+            lo = c * n // n_chunks
+            hi = (c + 1) * n // n_chunks
+            log1p_span(&x[0] + lo, &out[0] + lo, hi - lo)
     return out.base
 
 

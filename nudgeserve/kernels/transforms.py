@@ -25,11 +25,12 @@ Non-finite values never reach a model (rules shared by every backend):
     the bounds). Bounds may be infinite (one-sided clip) but not NaN, ``low <= high``;
     ``nan_fill`` must be finite.
 ``log1p(x)`` -> ``float32``
-    ``log(1 + x)`` computed in float64 and rounded to float32 (within half an ulp, where
-    float32 ``np.log1p`` is off by one ulp on ~8% of inputs). Extended to a finite,
-    non-decreasing function: NaN -> 0.0 (as if 0); ``x <= -1`` (where log1p is -inf or
-    undefined) -> ``log1p(-1 + 2**-24) ≈ -16.6355``, the least finite value it takes;
-    ``+inf`` -> ``log1p(float32 max) ≈ 88.7228``, the greatest.
+    ``log(1 + x)`` evaluated in float64 (fdlibm's log polynomial, the same arithmetic in
+    every backend, no libm involved) and rounded to float32: the correctly rounded result
+    except in about 1 case in 10**8 (float32 ``np.log1p`` is one or two ulps off on ~10% of
+    inputs). Extended to a finite, non-decreasing function: NaN -> 0.0 (as if 0);
+    ``x <= -1`` (where log1p is -inf or undefined) -> ``log1p(-1 + 2**-24) ≈ -16.6355``,
+    the least finite value it takes; ``+inf`` -> ``log1p(float32 max) ≈ 88.7228``.
 ``bucketize(x, boundaries, *, dtype=np.int32)`` -> ``int32`` or ``int64``
     The number of boundaries ``<= x``, i.e. ``np.searchsorted(boundaries, x, side="right")``:
     bucket 0 is ``x < boundaries[0]``, bucket ``i`` is ``boundaries[i-1] <= x <
@@ -37,9 +38,9 @@ Non-finite values never reach a model (rules shared by every backend):
     ``+inf`` -> ``n_bounds``). NaN -> ``n_bounds + 1``, its own bucket, so an embedding
     table needs ``n_bounds + 2`` rows. ``boundaries`` is 1-D, non-decreasing, no NaN.
 
-Backends (Cython, Numba, NumPy reference) give bit-identical results: float32 arithmetic
-in the same order, ``log1p`` through the platform's float64 ``log1p`` (identical unless
-two libms' float64 results straddle a float32 rounding boundary, about 1 in 10**8).
+Backends (Cython, Numba, NumPy reference) give bit-identical results: the same IEEE
+arithmetic in the same order (float32; float64 inside ``log1p``), with no FMA contraction
+and no fast-math in any of them.
 """
 
 from __future__ import annotations

@@ -48,20 +48,19 @@ class UseCaseScorer:
 
     async def decide(self, item: DecisionItem) -> DecisionOutcome:
         """Score and select one decision (joins the current batch)."""
-        return await self._queued(self._decide_batch(item))
+        self._waiting += 1
+        try:
+            return await self._decide_batch(item)
+        finally:
+            self._waiting -= 1
 
     async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
         """KServe v2 outputs for one request's rows (joins the current batch)."""
-        return await self._queued(self._infer_batch(inputs))
-
-    async def _queued(self, awaitable):
         self._waiting += 1
-        self.metrics.queue_depth.set(self._waiting, tags=self._tags)
         try:
-            return await awaitable
+            return await self._infer_batch(inputs)
         finally:
             self._waiting -= 1
-            self.metrics.queue_depth.set(self._waiting, tags=self._tags)
 
     # CPU work runs on the replica's loop: a batch takes about a millisecond, less than a
     # hand-off to a thread pool would cost on a small machine; the kernels and torch
@@ -83,6 +82,8 @@ class UseCaseScorer:
             return
         name = self.settings.name
         m = self.metrics
+        # Requests still waiting when this batch ran (set once per batch, not per request).
+        m.queue_depth.set(self._waiting - times.batch_size, tags=self._tags)
         m.batch_size.observe(times.batch_size, tags={"use_case": name, "method": method})
         m.stage_latency.observe(times.featurize_s, tags={"use_case": name, "stage": "featurize"})
         m.stage_latency.observe(times.model_s, tags={"use_case": name, "stage": "model"})

@@ -9,7 +9,8 @@ the others of its batch.
 from __future__ import annotations
 
 import math
-import uuid
+import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,10 @@ def _check_text(value: str, field: str) -> None:
 
 
 def _finite(values: list[float], field: str) -> None:
+    # One C-level sum finds the common all-finite case; only then look for the culprit
+    # (the sum can also overflow on huge finite values, which the scan lets through).
+    if math.isfinite(sum(values)):
+        return
     for i, v in enumerate(values):
         if not math.isfinite(v):
             raise InvalidRequest(f"must be finite, got {v} at index {i}", field)
@@ -103,6 +108,9 @@ class DecisionService:
         self.infos = infos
         self.experiments = {e.name: e for e in experiments}
         self._murmur = murmurhash3_32
+        # Decision ids (and exploration seeds) from a per-process generator seeded by the
+        # OS: unique in practice and ~10x cheaper than uuid4's os.urandom per call.
+        self._random = random.Random(os.urandom(32))
         self._decoders = {
             JSON: msgspec.json.Decoder(DecideRequest),
             MSGPACK: msgspec.msgpack.Decoder(DecideRequest),
@@ -161,7 +169,7 @@ class DecisionService:
                 "k",
             )
         policy, experiment, variant = self._assign(info, request)
-        decision_id = uuid.uuid4().hex
+        decision_id = f"{self._random.getrandbits(128):032x}"
         item = DecisionItem(
             context=context,
             candidates=candidates,
