@@ -112,16 +112,14 @@ def hashing_cases() -> list[Case]:
     group = f"hash {N_VALUES // 1000}k hex ids <U32 array -> 2**20"
     unicode = np.array(hexes)
     codes = unicode.view(np.uint32).reshape(len(unicode), -1)
+    rows = [[v] for v in unicode.tolist()]
     hasher = FeatureHasher(n_features=N_BUCKETS, input_type="string", alternate_sign=False)
     cases += _ours(group, "murmurhash3_ucs4", codes)
     cases += [
         Case(group, "hash_categorical (public)", lambda: hash_categorical(unicode, N_BUCKETS)),
-        Case(
-            group,
-            "sklearn FeatureHasher",
-            lambda: hasher.transform([[v] for v in unicode.tolist()]),
-            baseline=True,
-        ),
+        # Given its rows ready-made (converting the array is not timed): the conservative
+        # comparison.
+        Case(group, "sklearn FeatureHasher", lambda: hasher.transform(rows), baseline=True),
     ]
 
     group = f"hash {N_VALUES // 1000}k int64 ids -> 2**20"

@@ -78,7 +78,8 @@ class LoadResult:
     """Figures for one load point.
 
     mode: ``"closed"`` or ``"open"``; offered: concurrency (closed) or requests/s (open).
-    ok: successful (2xx) answers recorded; errors: non-2xx answers and connection failures;
+    ok: successful (2xx) answers to requests sent inside the window; errors: non-2xx
+    answers and connection failures among those;
     incomplete: open loop only, scheduled requests not answered before the drain timeout.
     throughput_rps: successful answers completed inside the window / window seconds.
     p50_ms, p95_ms, p99_ms, mean_ms, max_ms: latency of recorded requests (``inf`` when
@@ -256,12 +257,15 @@ class _Recorder:
         self.first_error: str | None = None
 
     def record(self, started: float, done: float, status: int, body: bytes) -> None:
+        ok = 200 <= status < 300
+        # Throughput counts every success that completes inside the window, whenever it
+        # was sent; latency and errors belong to the requests sent (scheduled) inside it.
+        if ok and self.window_start <= done <= self.window_end:
+            self.completed_in_window += 1
         if started < self.window_start or started >= self.window_end:
             return
-        if 200 <= status < 300:
+        if ok:
             self.latencies.append(done - started)
-            if done <= self.window_end:
-                self.completed_in_window += 1
         else:
             self.error(f"HTTP {status}: {body[:300]!r}")
 

@@ -287,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(build_app(args.checkpoint), name="plain", route_prefix="/")
+        # Built from the imported module, not __main__: Ray pickles __main__'s classes by
+        # value, and the replica could not resolve their annotations.
+        from benchmarks import _plain_serve_app
+
+        serve.run(_plain_serve_app.build_app(args.checkpoint), name="plain", route_prefix="/")
         print(f"plain Ray Serve baseline on 127.0.0.1:{args.port}", flush=True)
         while not stop.is_set():
             time.sleep(0.2)

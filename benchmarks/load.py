@@ -387,6 +387,9 @@ def drive(system: str, base: str, args: argparse.Namespace, work: dict, run_dir:
             if pa is not None:
                 from benchmarks import _triton_perf_analyzer as tpa
 
+                if args.warmup > 0:
+                    # perf_analyzer has no warm-up of its own: warm at the same concurrency.
+                    closed_loop(target, c, args.warmup, warmup_s=0.0)
                 result = tpa.run_closed_loop(
                     pa,
                     host_port,

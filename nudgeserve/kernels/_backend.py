@@ -3,7 +3,7 @@
 Order of precedence, highest first:
 
 1. ``NUDGESERVE_KERNELS``: either one backend for every op (``numpy``) or a per-op list
-   (``topk=cython,hash_categorical=numba``). An unknown backend or op is an error, so a
+   (``topk=cython,murmurhash3_str=numba``). An unknown backend or op is an error, so a
    typo never silently benchmarks the wrong code.
 2. The machine profile written by ``nudgeserve bench-kernels --write-profile`` (JSON
    ``{"op": "backend"}``) at ``NUDGESERVE_KERNEL_PROFILE`` or the default path below.

@@ -36,8 +36,9 @@ def log1p(
     out: npt.NDArray[np.float32],
     n_threads: int = 1,
 ) -> npt.NDArray[np.float32]:
-    """``out = float32(log1p(float64(x)))`` for ``x, out: float32[n]``; NaN -> 0,
-    ``x <= -1`` -> ``log1p(-1 + 2**-24)``, ``+inf`` -> ``log1p(float32 max)``."""
+    """``out = log1p(x)`` for ``x, out: float32[n]``, evaluated in float64 as
+    ``_transforms_ref.log1p_domain`` does; NaN -> 0, ``x <= -1`` -> ``log1p(-1 + 2**-24)``,
+    ``+inf`` -> ``log1p(float32 max)``."""
 
 def bucketize(
     x: npt.NDArray[np.float32],

@@ -56,6 +56,7 @@ from ._threads import get_num_threads
 __all__ = ["bucketize", "clip", "log1p", "standardize"]
 
 DEFAULT_MAX_Z = 1e4
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _loaders(op: str) -> dict:
@@ -134,6 +135,8 @@ def _as_matrix(x: np.ndarray) -> np.ndarray:
 
 
 def _float32_param(value: object, name: str) -> np.ndarray:
+    if isinstance(value, np.ndarray) and value.dtype == np.float32:
+        return value  # the common case on the hot path: nothing to convert
     if isinstance(value, str | bytes):
         raise TypeError(f"{name} must be a real number or array of them, got {value!r}")
     try:
@@ -159,11 +162,12 @@ def _per_column(value: object, name: str, n_cols: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _scalar(value: object, name: str) -> np.float32:
+def _positive_float32(value: object, name: str) -> np.float32:
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    with np.errstate(over="ignore"):
-        return np.float32(value)
+    if not 0 < float(value) <= _FLOAT32_MAX:  # NaN fails too
+        raise ValueError(f"{name} must be a positive finite float32, got {value!r}")
+    return np.float32(value)
 
 
 def _check_out(out: object, x: np.ndarray, dtypes: tuple, default) -> np.ndarray:
@@ -205,13 +209,14 @@ def standardize(x, mean, std, *, max_z: float = DEFAULT_MAX_Z, out=None) -> np.n
     mean = _per_column(mean, "mean", n_cols)
     std = _per_column(std, "std", n_cols)
     _finite(mean, "mean")
-    _finite(std, "std")
-    if (std < 0).any():
-        raise ValueError(f"std must be >= 0, got {std[std < 0][0]} at column {np.argmax(std < 0)}")
-    std = np.where(std == 0, np.float32(1), std)
-    max_z32 = _scalar(max_z, "max_z")
-    if not (np.isfinite(max_z32) and max_z32 > 0):
-        raise ValueError(f"max_z must be a positive finite float32, got {max_z!r}")
+    # One pass for the common case; NaN fails it too and is named by _finite below.
+    if not (std >= 0).all() or not (std <= _FLOAT32_MAX).all():
+        _finite(std, "std")
+        j = int(np.argmax(std < 0))
+        raise ValueError(f"std must be >= 0, got {std[j]} at column {j}")
+    if (std == 0).any():
+        std = np.where(std == 0, np.float32(1), std)
+    max_z32 = _positive_float32(max_z, "max_z")
     out = _check_out(out, x, (np.float32,), np.float32)
     REGISTRY.get("standardize")(
         _as_matrix(x), mean, std, max_z32, _as_matrix(out), get_num_threads()

@@ -87,11 +87,14 @@ __all__ = [
     "UpliftEnsemble",
     "UpliftEnsembleMetadata",
     "UpliftInterval",
+    "bootstrap_within_arms",
     "calibration_summary",
+    "calibration_table",
     "default_ensemble_path",
     "fit_interval_scale",
     "group_calibration",
     "load_uplift_ensemble",
+    "read_ensemble_metadata",
     "save_uplift_ensemble",
     "train_uplift_ensemble",
 ]
@@ -641,7 +644,9 @@ class EnsembleTrainConfig(HillstromTrainConfig, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_members < 2:
-            raise ValueError(f"n_members must be >= 2 (an interval needs a spread), got {self.n_members}")
+            raise ValueError(
+                f"n_members must be >= 2 (an interval needs a spread), got {self.n_members}"
+            )
         if self.calibration_groups < 1:
             raise ValueError(f"calibration_groups must be >= 1, got {self.calibration_groups}")
 
@@ -776,7 +781,11 @@ def train_uplift_ensemble(
     scales = {
         o: fit_interval_scale(
             group_calibration(
-                val_pred, val.treatment, val.outcome(o), o, n_groups=config.calibration_groups,
+                val_pred,
+                val.treatment,
+                val.outcome(o),
+                o,
+                n_groups=config.calibration_groups,
                 scale=1.0,
             )
         )
@@ -784,8 +793,13 @@ def train_uplift_ensemble(
     }
     summaries = [
         calibration_summary(
-            pred, split_data.treatment, split_data.outcome(o), o, split=name,
-            n_groups=config.calibration_groups, scale=scales[o],
+            pred,
+            split_data.treatment,
+            split_data.outcome(o),
+            o,
+            split=name,
+            n_groups=config.calibration_groups,
+            scale=scales[o],
         )
         for name, pred, split_data in (("validation", val_pred, val), ("test", test_pred, test))
         for o in HILLSTROM_OUTCOMES
