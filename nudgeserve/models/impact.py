@@ -362,17 +362,16 @@ def _effect_table(effects: Sequence[Effect]) -> str:
 def _qini_table(results: Sequence[QiniResult]) -> str:
     rows = []
     for q in results:
-        d = _digits(q.outcome)
-        beats = "yes" if q.low > q.random_high else "no"
+        d = _digits(q.outcome) + 1
         rows.append(
             [
                 q.treatment,
                 q.outcome,
-                f"{_fmt(q.qini, d + 1)} [{_fmt(q.low, d + 1)}, {_fmt(q.high, d + 1)}]",
-                f"[{_fmt(q.random_low, d + 1)}, {_fmt(q.random_high, d + 1)}]",
+                f"{_fmt(q.qini, d)} [{_fmt(q.low, d)}, {_fmt(q.high, d)}]",
+                f"[{_fmt(q.random_low, d)}, {_fmt(q.random_high, d)}]",
                 f"{q.qini_normalized:.3f}",
                 f"{q.p_random_ge_model:.3f}",
-                beats,
+                "yes" if q.p_random_ge_model < 0.05 else "no",
             ]
         )
     return _format_table(
@@ -380,10 +379,10 @@ def _qini_table(results: Sequence[QiniResult]) -> str:
             "treatment",
             "outcome",
             "model Qini [95% CI]",
-            "random 95% range",
+            "random rankings 95% range",
             "Qini/perfect",
             "P(random >= model)",
-            "CI above random range",
+            "beats random (P < 0.05)",
         ],
         rows,
     )
@@ -1133,9 +1132,15 @@ def logs_arrays(table: Any, config: InterventionConfig) -> LogArrays:
         dict.fromkeys(o for o in (*HILLSTROM_OUTCOMES, config.objective) if o in present)
     )
     outcomes = {o: table[o].to_numpy().astype(np.float64) for o in outcome_names}
+    # An export has a column for every configured outcome kind; one that no feedback
+    # ever filled says nothing about effects (it is all zeros), so it is left out.
+    for o in list(outcomes):
+        if o != config.objective and not np.any(outcomes[o]):
+            del outcomes[o]
+            notes.append(f"column {o!r} is all zeros (no {o} feedback logged): not analysed")
     predicted = {
         o: to_global(_list_matrix(table, f"reward_hat_{o}", n_actions))
-        for o in outcome_names
+        for o in outcomes
         if f"reward_hat_{o}" in present
     }
     randomized = None

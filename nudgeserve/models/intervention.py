@@ -322,30 +322,50 @@ class BudgetLedger:
         granted = np.full(b, -1, dtype=np.int64)
         # Row index from which each name is unavailable (b: available to the whole batch).
         unavailable_from = np.full(n_names, b, dtype=np.int64)
-        asking = np.flatnonzero((prefs >= 0).any(axis=1)) if prefs.size else np.zeros(0, int)
+        first = prefs[:, 0] if prefs.shape[1] else np.full(b, -1, dtype=np.int64)
         capped = [j for j, name in enumerate(names) if name in self._caps]
+        demand = {j: int(np.count_nonzero(first == j)) for j in capped}
         with self._lock:
             self._roll()
             left = {j: self._caps[names[j]] - self._used[names[j]] for j in capped}
-            for j in capped:
-                if left[j] <= 0:
-                    unavailable_from[j] = 0
-            for i in asking.tolist():
-                for j in prefs[i].tolist():
-                    if j < 0:
-                        continue
-                    if j in left:
-                        if left[j] <= 0:
-                            continue
-                        left[j] -= 1
-                        if left[j] == 0:
-                            unavailable_from[j] = i + 1
-                    granted[i] = j
-                    break
+            if all(0 < demand[j] <= left[j] or demand[j] == 0 for j in capped):
+                # Every first preference fits in what is left (the usual case): grant them
+                # all at once; a cap reached exactly closes after its last requesting row.
+                granted[first >= 0] = first[first >= 0]
+                for j in capped:
+                    if left[j] == 0:
+                        unavailable_from[j] = 0
+                    elif demand[j] == left[j]:
+                        unavailable_from[j] = int(np.flatnonzero(first == j)[-1]) + 1
+                    left[j] -= demand[j]
+            else:
+                self._allocate_in_order(prefs, granted, unavailable_from, left)
             for j in capped:
                 self._used[names[j]] = self._caps[names[j]] - left[j]
         available = np.arange(b)[:, None] < unavailable_from[None, :]
         return granted, available
+
+    @staticmethod
+    def _allocate_in_order(
+        prefs: np.ndarray, granted: np.ndarray, unavailable_from: np.ndarray, left: dict[int, int]
+    ) -> None:
+        """Unit by unit (a cap runs out inside this batch, so order matters)."""
+        for j, remaining in left.items():
+            if remaining <= 0:
+                unavailable_from[j] = 0
+        asking = np.flatnonzero((prefs >= 0).any(axis=1))
+        for i in asking.tolist():
+            for j in prefs[i].tolist():
+                if j < 0:
+                    continue
+                if j in left:
+                    if left[j] <= 0:
+                        continue
+                    left[j] -= 1
+                    if left[j] == 0:
+                        unavailable_from[j] = i + 1
+                granted[i] = j
+                break
 
 
 # ----------------------------------------------------------------------------- decisions

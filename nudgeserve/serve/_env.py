@@ -65,6 +65,11 @@ def ray_auth_token_available() -> bool:
     return _get(ENV_RAY_AUTH_TOKEN) is not None or _get(ENV_RAY_AUTH_TOKEN_PATH) is not None
 
 
+def is_set(name: str) -> bool:
+    """Whether the user set ``name`` (to anything, even empty)."""
+    return name in os.environ
+
+
 def flag(name: str) -> bool:
     """A Ray-style boolean switch: set to ``"1"`` means on."""
     return os.environ.get(name, "0") == "1"

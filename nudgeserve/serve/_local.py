@@ -46,6 +46,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a TCP server could listen on ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def default_temp_dir() -> Path:
     """``./.ray`` when its path is short enough for Ray's sockets, else under /tmp."""
     here = Path.cwd() / ".ray"
@@ -64,7 +75,7 @@ def prepare_environment(ingress: str, port: int, temp_dir: Path) -> dict[str, st
     for name, value in wanted.items():
         # The ingress switches follow the config (they must agree with the port range);
         # the others respect a value the user already set.
-        if name in os.environ and not name.startswith("RAY_SERVE_"):
+        if _env.is_set(name) and not name.startswith("RAY_SERVE_"):
             continue
         os.environ[name] = value
         changed[name] = value
@@ -135,10 +146,14 @@ def start_local(
     direct ingress modes Ray's proxy listens on another free port (``proxy_url``).
     Returns once ``/v2/health/ready`` answers.
     """
+    from .errors import ConfigError
     from .usecases import describe
 
     for settings in config.use_cases:
         describe(settings)  # a bad checkpoint fails before Ray starts
+    if not port_is_free(host, port):
+        # With direct ingress Ray would quietly take the next port of its range.
+        raise ConfigError(f"port {port} on {host} is already in use", "port")
     temp_dir = _env.ray_temp_dir(temp_dir or default_temp_dir())
     ingress = config.server.ingress
     prepare_environment(ingress, port, temp_dir)

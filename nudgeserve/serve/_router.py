@@ -21,6 +21,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import zlib
 from typing import Any
@@ -49,6 +50,8 @@ from .serving import DecisionService, media_type
 from .usecases import UseCaseInfo, describe
 
 JSON_TYPE = "application/json"
+# Ray Serve's logger: lines go to the replica's log file with its request context.
+logger = logging.getLogger("ray.serve")
 
 
 async def bounded(awaitable: Any, timeout_s: float, what: str) -> Any:
@@ -103,6 +106,14 @@ class Router:
             route, response = await self._dispatch(request)
         except Exception as exc:  # every failure becomes an HTTP answer, never a crash
             err = http_error(exc)
+            if err.status == 500:
+                # The client only sees "internal error"; the operator gets the traceback.
+                logger.error(
+                    "internal error answering %s %s",
+                    request.method,
+                    request.scope.get("path"),
+                    exc_info=exc,
+                )
             response = Response(
                 self.json.encode({"error": err.message}),
                 status_code=err.status,

@@ -125,9 +125,8 @@ class Gateway:
     async def __call__(self, request: Any) -> Any:
         return await self.router.handle(request)
 
-    async def check_health(self) -> None:
-        """Ray Serve's health check: the gateway is healthy once its scorers answer."""
-        await self.router.check_ready(timeout_s=10.0)
+    # No check_health: a use-case deployment still loading (or restarting) must not get
+    # the gateway restarted; /v2/health/ready reports the scorers instead.
 
 
 def policies_of(config: ServeConfig, settings: UseCase) -> tuple[Policy, ...]:

@@ -38,7 +38,9 @@ def batch(means, sds, risk=None):
     means = np.asarray(means, dtype=np.float64)
     b = means.shape[0]
     uplift = np.column_stack([np.zeros(b), means])
-    sd = np.column_stack([np.zeros(b), np.broadcast_to(np.asarray(sds, dtype=np.float64), means.shape)])
+    sd = np.column_stack(
+        [np.zeros(b), np.broadcast_to(np.asarray(sds, dtype=np.float64), means.shape)]
+    )
     risk = np.full(b, 0.9) if risk is None else np.asarray(risk)
     return [f"u{i}" for i in range(b)], risk, uplift, sd
 

@@ -60,7 +60,9 @@ def test_stacked_module_equals_each_member():
         for k, m in enumerate(members):
             torch.testing.assert_close(out[k], m.eval()(categorical, numeric), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="architecture"):
-        StackedUpliftModule([members[0], UpliftModel(n_categorical=3, n_buckets=4, n_numeric=5, n_treatments=3)])
+        StackedUpliftModule(
+            [members[0], UpliftModel(n_categorical=3, n_buckets=4, n_numeric=5, n_treatments=3)]
+        )
 
 
 def test_interval_arithmetic_from_member_predictions():
@@ -80,7 +82,9 @@ def test_interval_arithmetic_from_member_predictions():
     assert np.all(interval.mean[:, 0] == 0) and np.all(interval.sd[:, 0] == 0)
     # Outcomes without a fitted scale use 1.
     np.testing.assert_allclose(
-        prediction.uplift("spend").sd, (members[:, :, 2] - members[:, :, 2, :1]).std(0, ddof=1), atol=1e-5
+        prediction.uplift("spend").sd,
+        (members[:, :, 2] - members[:, :, 2, :1]).std(0, ddof=1),
+        atol=1e-5,
     )
     with pytest.raises(ValueError, match="level"):
         prediction.uplift("visit", level=1.0)
@@ -105,7 +109,9 @@ def test_group_calibration_matches_a_direct_computation():
     yt, yc = y[top][treatment[top] == 2], y[top][treatment[top] == 0]
     assert g.n_treated == yt.size and g.n_control == yc.size
     assert g.observed == pytest.approx(yt.mean() - yc.mean())
-    assert g.observed_se == pytest.approx(np.sqrt(yt.var(ddof=1) / yt.size + yc.var(ddof=1) / yc.size))
+    assert g.observed_se == pytest.approx(
+        np.sqrt(yt.var(ddof=1) / yt.size + yc.var(ddof=1) / yc.size)
+    )
     member_means = (members[:, top, 0, 2].astype(np.float64) - members[:, top, 0, 0]).mean(axis=1)
     assert g.predicted == pytest.approx(member_means.mean())
     assert g.model_sd == pytest.approx(2.0 * member_means.std(ddof=1))
@@ -114,8 +120,16 @@ def test_group_calibration_matches_a_direct_computation():
 
 def _group(d: float, model_sd: float, se: float) -> GroupCalibration:
     return GroupCalibration(
-        treatment="t", outcome="visit", group=0, n_treated=10, n_control=10,
-        predicted=0.0, model_sd=model_sd, observed=d, observed_se=se, z=0.0,
+        treatment="t",
+        outcome="visit",
+        group=0,
+        n_treated=10,
+        n_control=10,
+        predicted=0.0,
+        model_sd=model_sd,
+        observed=d,
+        observed_se=se,
+        z=0.0,
     )
 
 
@@ -203,8 +217,9 @@ def test_training_is_deterministic_and_round_trips(small_ensemble, tmp_path):
     a, b = small_ensemble.members
     assert not torch.equal(a.embedding.weight, b.embedding.weight)
     again = train_uplift_ensemble(
-        EnsembleTrainConfig(n_members=2, epochs=2, max_rows=4000, progress=False, seed=3,
-                            calibration_groups=4),
+        EnsembleTrainConfig(
+            n_members=2, epochs=2, max_rows=4000, progress=False, seed=3, calibration_groups=4
+        ),
         command="test",
     )
     for first, second in zip(small_ensemble.members, again.members, strict=True):

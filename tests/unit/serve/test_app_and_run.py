@@ -131,3 +131,17 @@ def test_prepare_environment_sets_ray_switches_and_a_private_token(
     prepare_environment("proxy", 9100, tmp_path)
     assert "RAY_AUTH_TOKEN" not in os.environ
     assert _env.ingress_mode_in_environment() == "proxy"
+
+
+def test_run_refuses_a_port_in_use(capsys):
+    import socket
+
+    from nudgeserve.serve._local import port_is_free
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert not port_is_free("127.0.0.1", port)
+        assert run_command.run(args(port=port, check=False)) == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
