@@ -116,8 +116,14 @@ def _z(level: float) -> float:
 # ---------------------------------------------------------------------------- serving
 
 
+# On CPU, batched matmuls over the members beat a loop over them while per-call overhead
+# dominates (7x at 1 row); on thin [rows, 32] shapes CPU bmm falls behind one addmm per
+# member once a batch has a few hundred rows (0.6x at 8,192), so larger CPU batches loop.
+_CPU_LOOP_FROM_ROWS = 512
+
+
 class StackedUpliftModule(nn.Module):
-    """``K`` ``UpliftModel`` members evaluated in one pass (batched matmuls).
+    """``K`` ``UpliftModel`` members evaluated together.
 
     forward(categorical: int64[B, C], numeric: float32[B, N]) -> float32[K, B, 3, T]:
     member k's (P(visit), P(conversion), E[spend]) per treatment, equal to
@@ -136,14 +142,23 @@ class StackedUpliftModule(nn.Module):
                 first.heads
             ):
                 raise ValueError("members must share one architecture")
+        k = len(members)
+        vocabulary, dim = first.embedding.weight.shape
+        n_embedded = first.n_categorical * dim
         with torch.no_grad():
 
             def stack(get) -> torch.Tensor:
                 return torch.stack([get(m).detach().float() for m in members]).contiguous()
 
-            self.register_buffer("embedding", stack(lambda m: m.embedding.weight))
+            # One table for all members: member k's rows start at k * vocabulary.
+            self.register_buffer(
+                "embedding", stack(lambda m: m.embedding.weight).reshape(k * vocabulary, dim)
+            )
+            self.register_buffer("member_offsets", (torch.arange(k) * vocabulary).view(k, 1, 1))
             self.register_buffer("categorical_offsets", first.categorical_offsets.clone())
-            self.register_buffer("w1", stack(lambda m: m.trunk[0].weight.T))
+            # The first layer split by input block, so no [K, B, F] concatenation is built.
+            self.register_buffer("w1_embedded", stack(lambda m: m.trunk[0].weight.T[:n_embedded]))
+            self.register_buffer("w1_numeric", stack(lambda m: m.trunk[0].weight.T[n_embedded:]))
             self.register_buffer("b1", stack(lambda m: m.trunk[0].bias[None, :]))
             self.register_buffer("w2", stack(lambda m: m.trunk[2].weight.T))
             self.register_buffer("b2", stack(lambda m: m.trunk[2].bias[None, :]))
@@ -153,18 +168,30 @@ class StackedUpliftModule(nn.Module):
             self.register_buffer(
                 "head_bias", stack(lambda m: torch.cat([h.bias for h in m.heads], dim=0)[None, :])
             )
-        self.n_members = len(members)
+        self.n_members = k
         self.n_treatments = first.n_treatments
 
     def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         k, b = self.n_members, categorical.shape[0]
-        embedded = self.embedding[:, categorical + self.categorical_offsets].reshape(k, b, -1)
-        x = torch.cat([embedded, numeric.unsqueeze(0).expand(k, -1, -1)], dim=2)
-        hidden = F.relu(torch.baddbmm(self.b1, x, self.w1))
-        hidden = F.relu(torch.baddbmm(self.b2, hidden, self.w2))
-        raw = torch.baddbmm(self.head_bias, hidden, self.head_weight)
+        rows = categorical + self.categorical_offsets
+        if categorical.device.type == "cpu" and b >= _CPU_LOOP_FROM_ROWS:
+            raw = torch.stack([self._member_raw(i, rows, numeric) for i in range(k)])
+        else:
+            embedded = F.embedding(rows.unsqueeze(0) + self.member_offsets, self.embedding)
+            hidden = torch.baddbmm(self.b1, embedded.reshape(k, b, -1), self.w1_embedded)
+            hidden = F.relu(hidden + torch.matmul(numeric, self.w1_numeric))
+            hidden = F.relu(torch.baddbmm(self.b2, hidden, self.w2))
+            raw = torch.baddbmm(self.head_bias, hidden, self.head_weight)
         out = compose_outcomes(raw.view(k * b, self.n_treatments, 3))
         return out.view(k, b, 3, self.n_treatments)
+
+    def _member_raw(self, i: int, rows: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        """Member ``i``'s head outputs float32[B, 3T] with one addmm per layer."""
+        embedded = F.embedding(rows + self.member_offsets[i, 0, 0], self.embedding)
+        hidden = torch.addmm(self.b1[i], embedded.flatten(1), self.w1_embedded[i])
+        hidden = F.relu(torch.addmm(hidden, numeric, self.w1_numeric[i]))
+        hidden = F.relu(torch.addmm(self.b2[i], hidden, self.w2[i]))
+        return torch.addmm(self.head_bias[i], hidden, self.head_weight[i])
 
 
 @dataclass(frozen=True)

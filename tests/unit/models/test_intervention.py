@@ -384,3 +384,41 @@ def test_decide_from_the_shipped_ensemble():
         decide_from_ensemble(
             InterventionConfig(treatments=("a", "b", "c"), control="a"), np.arange(300), prediction
         )
+
+
+def _allocate_reference(prefs, names, caps, used):
+    """Unit by unit, exactly as ``allocate`` documents it."""
+    left = {j: caps[n] - used[n] for j, n in enumerate(names) if n in caps}
+    granted = np.full(prefs.shape[0], -1)
+    available = np.ones((prefs.shape[0], len(names)), dtype=bool)
+    for i in range(prefs.shape[0]):
+        available[i] = [j not in left or left[j] > 0 for j in range(len(names))]
+        for j in prefs[i]:
+            if j >= 0 and (j not in left or left[j] > 0):
+                granted[i] = j
+                if j in left:
+                    left[j] -= 1
+                break
+    return granted, available, {names[j]: caps[names[j]] - v for j, v in left.items()}
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), b=st.integers(0, 30))
+def test_allocate_matches_the_unit_by_unit_reference(seed, b):
+    rng = np.random.default_rng(seed)
+    names = ("none", "a", "b", "c")
+    caps = {n: int(rng.integers(0, 12)) for n in names[1:] if rng.random() < 0.8}
+    used = {n: int(rng.integers(0, caps[n] + 1)) for n in caps}
+    prefs = np.full((b, 2), -1)
+    for i in range(b):
+        picks = rng.permutation([1, 2, 3])[: rng.integers(0, 3)]
+        prefs[i, : len(picks)] = picks
+    ledger = BudgetLedger(caps, clock=lambda: 0.0)
+    for name, count in used.items():
+        if count:
+            assert ledger.try_spend(name, count)
+    granted, available = ledger.allocate(prefs, names)
+    ref_granted, ref_available, ref_used = _allocate_reference(prefs, names, caps, used)
+    np.testing.assert_array_equal(granted, ref_granted, err_msg=f"seed={seed}")
+    np.testing.assert_array_equal(available, ref_available, err_msg=f"seed={seed}")
+    assert ledger.state().used == ref_used

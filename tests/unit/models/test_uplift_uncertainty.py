@@ -248,3 +248,23 @@ def test_config_errors_name_the_field():
         EnsembleTrainConfig(n_members=1)
     with pytest.raises(ValueError, match="calibration_groups"):
         EnsembleTrainConfig(calibration_groups=0)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 600])
+def test_both_stacked_paths_equal_the_members(rows):
+    # Batches from 512 rows on CPU loop over members; smaller ones use batched matmuls.
+    torch.manual_seed(rows)
+    members = [
+        UpliftModel(n_categorical=3, n_buckets=8, n_numeric=5, n_treatments=3, hidden=16)
+        for _ in range(3)
+    ]
+    for m in members:
+        for p in m.parameters():
+            p.data.add_(0.2 * torch.randn_like(p))
+    stacked = StackedUpliftModule(members).eval()
+    categorical = torch.randint(0, 8, (rows, 3))
+    numeric = torch.randn(rows, 5)
+    with torch.no_grad():
+        out = stacked(categorical, numeric)
+        for k, m in enumerate(members):
+            torch.testing.assert_close(out[k], m.eval()(categorical, numeric), rtol=1e-5, atol=1e-6)
