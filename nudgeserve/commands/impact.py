@@ -113,12 +113,29 @@ def _rule_arguments(parser: argparse.ArgumentParser, *, with_design: bool) -> No
             help="comma-separated action names in model order (default the Hillstrom arms)",
         )
         rule.add_argument("--control", default="No E-Mail", help="the no-intervention action")
-        rule.add_argument("--holdout-share", type=_finite_float, default=0.1)
-        rule.add_argument("--explore-share", type=_finite_float, default=0.0)
-        rule.add_argument("--salt", default="intervention", help="the per-unit hash's salt")
-        rule.add_argument("--hash-seed", type=_non_negative_int, default=0)
         rule.add_argument(
-            "--daily-cap", type=_name_count, action="append", default=None, metavar="T=COUNT"
+            "--holdout-share",
+            type=_finite_float,
+            default=0.1,
+            help="share of units the rule held out (default 0.1)",
+        )
+        rule.add_argument(
+            "--explore-share",
+            type=_finite_float,
+            default=0.0,
+            help="share of units given a uniformly random action (default 0)",
+        )
+        rule.add_argument("--salt", default="intervention", help="the per-unit hash's salt")
+        rule.add_argument(
+            "--hash-seed", type=_non_negative_int, default=0, help="the per-unit hash's seed"
+        )
+        rule.add_argument(
+            "--daily-cap",
+            type=_name_count,
+            action="append",
+            default=None,
+            metavar="T=COUNT",
+            help="interventions of treatment T allowed per day, repeatable",
         )
 
 

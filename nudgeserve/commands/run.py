@@ -35,10 +35,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-cpus", type=int, default=None, help="CPUs the local Ray may use (default: all)"
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the server keeps its state, the decision log among it (default: the "
+        "config's state_dir, ./.state)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="validate the config and checkpoints, print the result and exit",
     )
+
+
+def with_state_dir(config, state_dir: Path):
+    """``config`` with ``state_dir`` replaced (ConfigError when it is not a directory)."""
+    import msgspec
+
+    from nudgeserve.serve.errors import ConfigError
+
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(f"--state-dir = {state_dir} is invalid: not a directory", "state_dir")
+    return msgspec.structs.replace(config, state_dir=str(state_dir))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,12 +77,17 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--port = {port} is invalid: must be in [1, 65535]", "port")
         if args.num_cpus is not None and args.num_cpus < 1:
             raise ConfigError(f"--num-cpus = {args.num_cpus} is invalid: must be >= 1", "num_cpus")
+        if args.state_dir is not None:
+            config = with_state_dir(config, args.state_dir)
         if args.check:
             from nudgeserve.serve.usecases import describe
 
             for settings in config.use_cases:
                 info = describe(settings)
                 print(f"{info.name}: model {info.model_name} version {info.version}")
+            if config.decision_log.enabled:
+                path = config.decision_log.log_config(config.state_dir).path
+                print(f"decision log: {path}")
             print(f"config OK ({path or 'built-in defaults'})")
             return 0
         from nudgeserve.serve._local import start_local

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -66,6 +66,7 @@ __all__ = [
     "BudgetState",
     "InterventionConfig",
     "InterventionDecisions",
+    "Ledger",
     "assign_branches",
     "decide_from_ensemble",
     "decide_interventions",
@@ -199,6 +200,16 @@ class InterventionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
 
 # ------------------------------------------------------------------------------ budget
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """What ``decide_interventions`` needs from a budget: ``BudgetLedger`` itself, or a
+    proxy that forwards ``allocate`` to the one ledger a server shares (e.g. in an actor)."""
+
+    def allocate(
+        self, preferences: np.ndarray, names: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class BudgetState(msgspec.Struct, frozen=True):
@@ -486,7 +497,7 @@ def decide_interventions(
     uplift_sd: np.ndarray,
     *,
     value_at_stake: np.ndarray | None = None,
-    ledger: BudgetLedger | None = None,
+    ledger: Ledger | None = None,
 ) -> InterventionDecisions:
     """Decide for a batch of units (see the module docstring for the rule).
 
@@ -495,7 +506,8 @@ def decide_interventions(
     uplift: float[B, T] predicted uplift of the objective over the control per action;
     uplift_sd: float[B, T] >= 0 its standard error (the control columns are ignored).
     value_at_stake: float[B] >= 0 money the defect puts at risk (default value_per_unit).
-    ledger: daily caps to respect (None: no caps, even if the config lists some).
+    ledger: daily caps to respect (None: no caps, even if the config lists some): a
+        ``BudgetLedger`` or anything with its ``allocate`` (see ``Ledger``).
     """
     if not isinstance(config, InterventionConfig):
         raise TypeError(f"config must be an InterventionConfig, got {type(config).__name__}")
@@ -516,8 +528,10 @@ def decide_interventions(
         stake = _float_array("value_at_stake", value_at_stake, (b,))
         if b and stake.min() < 0:
             raise ValueError("value_at_stake must be >= 0")
-    if ledger is not None and not isinstance(ledger, BudgetLedger):
-        raise TypeError(f"ledger must be a BudgetLedger or None, got {type(ledger).__name__}")
+    if ledger is not None and not isinstance(ledger, Ledger):
+        raise TypeError(
+            f"ledger must have an allocate(preferences, names) method, got {type(ledger).__name__}"
+        )
     branch, explore_action = assign_branches(unit_ids, config)
     if branch.shape[0] != b:
         raise ValueError(f"unit_ids has {branch.shape[0]} ids but baseline_risk has {b} rows")
@@ -599,7 +613,7 @@ def decide_from_ensemble(
     prediction: Any,
     *,
     value_at_stake: np.ndarray | None = None,
-    ledger: BudgetLedger | None = None,
+    ledger: Ledger | None = None,
 ) -> InterventionDecisions:
     """``decide_interventions`` on an ``EnsemblePrediction`` of the Hillstrom ensemble.
 

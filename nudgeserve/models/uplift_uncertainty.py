@@ -117,9 +117,9 @@ def _z(level: float) -> float:
 
 
 # On CPU, batched matmuls over the members beat a loop over them while per-call overhead
-# dominates (7x at 1 row); on thin [rows, 32] shapes CPU bmm falls behind one addmm per
-# member once a batch has a few hundred rows (0.6x at 8,192), so larger CPU batches loop.
-_CPU_LOOP_FROM_ROWS = 512
+# dominates (2.5x at 128 rows, one thread); on these thin [rows, 32] shapes the two are even
+# near 1,000 rows and the loop of one addmm per member wins beyond (1.1x at 4,096).
+_CPU_LOOP_FROM_ROWS = 1024
 
 
 class StackedUpliftModule(nn.Module):

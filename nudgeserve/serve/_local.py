@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from . import _env
 
 # Unix socket paths (under Ray's temp dir) must stay under ~107 bytes; Ray appends about
@@ -100,6 +102,7 @@ class LocalServer:
     proxy_url: str
     temp_dir: Path
     started_ray: bool
+    decision_log: str | None = None
 
     def stop(self) -> None:
         """Shut the application down, and Ray if this process started it."""
@@ -151,6 +154,12 @@ def start_local(
 
     for settings in config.use_cases:
         describe(settings)  # a bad checkpoint fails before Ray starts
+    # Replicas may run in another working directory: every one must write the same file.
+    config = msgspec.structs.replace(config, state_dir=os.path.abspath(config.state_dir))
+    if config.decision_log.enabled:
+        Path(config.decision_log.log_config(config.state_dir).path).parent.mkdir(
+            parents=True, exist_ok=True
+        )
     if not port_is_free(host, port):
         # With direct ingress Ray would quietly take the next port of its range.
         raise ConfigError(f"port {port} on {host} is already in use", "port")
@@ -180,6 +189,11 @@ def start_local(
         proxy_url=f"http://{host}:{proxy_port}",
         temp_dir=temp_dir,
         started_ray=started,
+        decision_log=(
+            config.decision_log.log_config(config.state_dir).path
+            if config.decision_log.enabled
+            else None
+        ),
     )
     try:
         serve.start(http_options={"host": host, "port": proxy_port})

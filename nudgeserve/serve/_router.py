@@ -15,6 +15,7 @@ Routes:
     POST /v2/models/{m}[/versions/{v}]/infer      JSON or binary tensors
     POST /v2/repository/index
     POST /v1/decide                               JSON or msgpack
+    POST /v1/feedback                             JSON or msgpack, one event or a list
     GET  /openapi.json | /metrics
 """
 
@@ -45,6 +46,7 @@ from .errors import (
     UnsupportedMediaType,
     http_error,
 )
+from .feedback import FeedbackService
 from .kserve import HEADER_LENGTH, ModelStatistics, V2Codec, server_metadata
 from .serving import DecisionService, media_type
 from .usecases import UseCaseInfo, describe
@@ -72,9 +74,12 @@ def _split(path: str) -> list[str]:
 class Router:
     """Routes one gateway replica's requests (see the module docstring)."""
 
-    def __init__(self, config: ServeConfig, scorers: dict[str, Any]) -> None:
+    def __init__(self, config: ServeConfig, scorers: dict[str, Any], log: Any = None) -> None:
         self.config = config
         self.scorers = scorers
+        # The replica's DecisionLog (feedback, reports), or None when logging is disabled.
+        self.log = log
+        self.feedback_service = FeedbackService(config.decision_log.outcome_kinds)
         self.infos: dict[str, UseCaseInfo] = {u.name: describe(u) for u in config.use_cases}
         self.models = {info.model_name: info for info in self.infos.values()}
         self.decisions = DecisionService(self.infos, config.experiments)
@@ -137,6 +142,9 @@ class Router:
         if parts[:2] == ["v1", "decide"] and len(parts) == 2:
             self._allow(method, "POST")
             return "/v1/decide", await self.decide(request)
+        if parts == ["v1", "feedback"]:
+            self._allow(method, "POST")
+            return "/v1/feedback", await self.feedback(request)
         if parts and parts[0] == "v2":
             return await self._v2(request, method, parts[1:], path)
         if parts == ["openapi.json"]:
@@ -214,6 +222,18 @@ class Router:
         payload = self.decisions.encode(self.decisions.respond(pending, outcome), fmt)
         self.metrics.stage_latency.observe(t1 - t0, tags=self._decode_tags[pending.info.name])
         return Response(payload, media_type=fmt)
+
+    async def feedback(self, request: Any) -> Response:
+        fmt = media_type(request.headers.get("content-type"))
+        body = await self.read_body(request)
+        events, many = self.feedback_service.decode(body, fmt)
+        if self.log is None:
+            raise NotReady("feedback is not recorded: the decision log is disabled")
+        results = await bounded(
+            self.log.record_feedback_many_async(events), self.timeout_s, "recording the feedback"
+        )
+        status, answer = self.feedback_service.answer(results, many)
+        return Response(self.decisions.encode(answer, fmt), status_code=status, media_type=fmt)
 
     async def infer(self, request: Any, info: UseCaseInfo) -> Response:
         t0 = time.perf_counter()

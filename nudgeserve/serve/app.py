@@ -99,7 +99,7 @@ def build_app(config: ServeConfig, *, has_gpus: bool | None = None) -> Any:
             handles[settings.name] = (
                 serve.deployment(UseCaseScorer)
                 .options(**options)
-                .bind(settings, policies_of(config, settings))
+                .bind(settings, policies_of(config, settings), config)
             )
     else:
         # The scorers run inside the gateway: it reserves what they would have.

@@ -58,7 +58,43 @@ class PlackettLuce(_Settings, tag="plackett_luce", tag_field="kind"):
     temperature: PositiveFloat = 1.0
 
 
-Policy = Greedy | EpsilonGreedy | PlackettLuce
+class Thompson(_Settings, tag="thompson", tag_field="kind"):
+    """Beta-Bernoulli Thompson sampling per arm: each catalog action has a Beta posterior
+    over its reward rate (the learner's, from joined feedback); each decision draws one
+    rate per candidate and shows the k largest. The model's scores do not choose (they
+    are logged). prior_alpha / prior_beta: the prior of an arm with no feedback yet (and
+    of inline candidates)."""
+
+    prior_alpha: PositiveFloat = 1.0
+    prior_beta: PositiveFloat = 1.0
+
+
+class LinearBandit(_Settings, tag="linear", tag_field="kind"):
+    """Contextual linear bandit on the model's features (the learner's per-arm ridge
+    regressions, from joined feedback).
+
+    method: ``ucb`` (LinUCB: the k largest upper confidence bounds, mixed with
+    ``epsilon`` uniform exploration so that its logs can evaluate other policies; slot
+    propensities exact) or ``thompson`` (linear Thompson sampling: one posterior draw of
+    the weights per decision; its slot propensities have no closed form and are Monte
+    Carlo estimates from ``propensity_draws`` further draws, biased up by at most
+    1 / (draws + 1)). alpha: the width of the confidence bound (``ucb``) or the scale of
+    the posterior draw (``thompson``).
+    """
+
+    method: Literal["ucb", "thompson"] = "ucb"
+    alpha: PositiveFloat = 1.0
+    epsilon: Probability = 0.05
+    propensity_draws: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+
+class Control(_Settings, tag="control", tag_field="kind"):
+    """No intervention: the use case's control action (Hillstrom: the model's control
+    treatment, "No E-Mail") in the first slot, then the best-scoring others; every slot has
+    propensity 1. Meant for holdouts; only use cases with a control action accept it."""
+
+
+Policy = Greedy | EpsilonGreedy | PlackettLuce | Thompson | LinearBandit | Control
 
 
 # --- deployments ---------------------------------------------------------------------------
@@ -170,32 +206,133 @@ UseCase = ObdUseCase | HillstromUseCase
 # --- experiments ---------------------------------------------------------------------------
 
 
+Share = Annotated[float, msgspec.Meta(gt=0, le=1)]
+# Shares of an experiment must add up to 1 within this (YAML decimals such as 0.1 are
+# not exact in binary).
+SHARE_TOLERANCE = 1e-6
+
+
 class Variant(_Settings):
-    """One arm of an experiment: its share of units and the policy it decides with."""
+    """One arm of an experiment.
+
+    weight: its share of the experiment's units; the shares of the variants and the
+        holdout add up to 1.
+    policy: the policy it decides with (default: the use case's).
+    use_case: decide with another configured use case of the same kind and catalog
+        instead of the experiment's, e.g. the same model family on a new checkpoint
+        (its model version is then the one answered and logged).
+    """
 
     name: Name
-    weight: PositiveFloat
+    weight: Share
     policy: Policy | None = None
+    use_case: Name | None = None
+
+
+class Holdout(_Settings):
+    """Units set aside from the intervention: the first ``weight`` of the hash range.
+
+    policy: what they get; by default ``control`` (no intervention: the control action),
+    which only use cases with a control action have. Elsewhere give it a policy, e.g.
+    ``{kind: epsilon_greedy, epsilon: 1.0}`` (a uniformly random slate: a randomized
+    control that off-policy evaluation can use too).
+    """
+
+    weight: Annotated[float, msgspec.Meta(gt=0, lt=1)]
+    name: Name = "holdout"
+    policy: Policy = msgspec.field(default_factory=Control)
 
 
 class Experiment(_Settings):
-    """Deterministic assignment of units (``unit_id``) to variants of one use case.
+    """Deterministic assignment of units (``unit_id``) to the arms of one use case.
 
-    A unit's bucket is MurmurHash3 of ``"{salt}:{unit_id}"``; the same unit always gets the
-    same variant while the variants and the salt stay the same.
+    A unit's point in [0, 1) is MurmurHash3 (the hash kernel) of ``"{salt}:{unit_id}"``
+    over 2^32; the holdout takes the first ``holdout.weight`` of the range, the variants
+    the rest in order of their weights. The same unit gets the same arm in every process
+    for as long as the salt and the shares stay the same.
+
+    control: the arm that reports measure lift against (default: the holdout, else the
+    first variant).
     """
 
     name: Name
     use_case: Name
     variants: tuple[Variant, ...]
     salt: str = ""
+    holdout: Holdout | None = None
+    control: Name | None = None
 
     def __post_init__(self) -> None:
         if not self.variants:
             raise ValueError("variants must list at least one variant")
-        names = [v.name for v in self.variants]
+        names = [a.name for a in self.arms()]
         if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
+            raise ValueError(f"variant names (holdout included) must be unique, got {names}")
+        total = sum(a.weight for a in self.arms())
+        if abs(total - 1.0) > SHARE_TOLERANCE:
+            shares = " + ".join(f"{a.weight:g}" for a in self.arms())
+            raise ValueError(
+                f"the shares of the variants and the holdout must add up to 1, got {shares} "
+                f"= {total:g}"
+            )
+        if self.control is not None and self.control not in names:
+            raise ValueError(f"control {self.control!r} is not one of the arms {names}")
+
+    def arms(self) -> tuple[Variant, ...]:
+        """Every arm in hash-range order: the holdout (as a variant) first."""
+        if self.holdout is None:
+            return self.variants
+        h = self.holdout
+        return (Variant(name=h.name, weight=h.weight, policy=h.policy), *self.variants)
+
+    def control_arm(self) -> str:
+        """The name of the arm lift is measured against."""
+        if self.control is not None:
+            return self.control
+        return self.holdout.name if self.holdout is not None else self.variants[0].name
+
+
+# --- decision log --------------------------------------------------------------------------
+
+
+class DecisionLogSettings(_Settings):
+    """The durable decision log every ``/v1/decide`` answer is recorded in before it is sent
+    (``nudgeserve.serve.decisions``: SQLite in WAL mode, one group-commit writer per replica).
+
+    enabled: ``false`` serves decisions without recording them (benchmarks only: nothing
+        can then be joined, learned or evaluated).
+    path: the SQLite file; a relative path is taken inside ``state_dir``.
+    The other settings are ``DecisionLogConfig``'s (same names, defaults and meaning):
+    durability ``commit`` answers a decision only once its group commit is in the
+    database; ``enqueue`` once it is queued (lost if the process is killed before the
+    commit). ``late_window_s``: feedback later than this after its decision is kept but
+    not joined.
+    """
+
+    enabled: bool = True
+    path: str = "decisions.sqlite"
+    durability: Literal["commit", "enqueue"] = "commit"
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    max_batch: PositiveInt = 1024
+    max_delay_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 0.0
+    max_queue: PositiveInt = 50_000
+    late_window_s: NonNegativeFloat = 7 * 24 * 3600.0
+    busy_timeout_ms: PositiveInt = 10_000
+    close_timeout_s: NonNegativeFloat = 60.0
+    outcome_kinds: tuple[str, ...] = ("click", "visit", "conversion", "spend")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path must name a file")
+
+    def log_config(self, state_dir: str) -> Any:
+        """The ``DecisionLogConfig`` (raises ``InvalidDecisionLogConfig`` naming a bad
+        setting); ``path`` joined to ``state_dir`` when relative."""
+        from .decisions import DecisionLogConfig
+
+        fields = {f: getattr(self, f) for f in self.__struct_fields__ if f != "enabled"}
+        fields["path"] = str(Path(state_dir) / self.path)
+        return DecisionLogConfig(**fields)
 
 
 # --- server --------------------------------------------------------------------------------
@@ -226,13 +363,23 @@ class ServerSettings(_Settings):
 
 
 class ServeConfig(_Settings):
-    """Everything the application needs (the ``args`` of the Serve application)."""
+    """Everything the application needs (the ``args`` of the Serve application).
+
+    state_dir: where the server keeps its state (the decision log); relative to the
+        working directory of the process that loads the config (``nudgeserve run`` makes
+        it absolute before starting Ray, so every replica writes the same file).
+    """
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     use_cases: tuple[UseCase, ...] = ()
     experiments: tuple[Experiment, ...] = ()
+    state_dir: str = ".state"
+    decision_log: DecisionLogSettings = msgspec.field(default_factory=DecisionLogSettings)
 
     def __post_init__(self) -> None:
+        if not self.state_dir:
+            raise ValueError("state_dir must name a directory")
+        self.decision_log.log_config(self.state_dir)  # its own checks, named
         if not self.use_cases:
             raise ValueError("use_cases must list at least one use case")
         for attr in ("name", "model_name"):
@@ -243,17 +390,68 @@ class ServeConfig(_Settings):
         exp_names = [e.name for e in self.experiments]
         if len(set(exp_names)) != len(exp_names):
             raise ValueError(f"experiments: names must be unique, got {exp_names}")
-        for e in self.experiments:
+        kinds = {u.name: type(u) for u in self.use_cases}
+        for i, e in enumerate(self.experiments):
             if e.use_case not in known:
                 raise ValueError(
                     f"experiment {e.name!r}: use_case {e.use_case!r} is not one of {sorted(known)}"
                 )
+            for j, v in enumerate(e.variants):
+                if v.use_case is None:
+                    continue
+                where = f"experiments[{i}].variants[{j}].use_case"
+                if v.use_case not in known:
+                    raise ValueError(f"{where} = {v.use_case!r} is not one of {sorted(known)}")
+                if kinds[v.use_case] is not kinds[e.use_case]:
+                    raise ValueError(
+                        f"{where} = {v.use_case!r} is not of the experiment's use case's kind "
+                        f"({kinds[e.use_case].__struct_config__.tag})"
+                    )
+        for i, u in enumerate(self.use_cases):
+            for where, policy in self._policies_of(i, u):
+                _check_policy(u, where, policy)
+
+    def _policies_of(self, index: int, settings: UseCase) -> list[tuple[str, Policy]]:
+        found = [(f"use_cases[{index}].policy", settings.policy)]
+        for i, e in enumerate(self.experiments):
+            if e.holdout is not None and e.use_case == settings.name:
+                found.append((f"experiments[{i}].holdout.policy", e.holdout.policy))
+            for j, v in enumerate(e.variants):
+                if v.policy is not None and (v.use_case or e.use_case) == settings.name:
+                    found.append((f"experiments[{i}].variants[{j}].policy", v.policy))
+        return found
 
     def use_case(self, name: str) -> UseCase:
         for u in self.use_cases:
             if u.name == name:
                 return u
         raise KeyError(name)
+
+
+# Plackett-Luce slot marginals (what the log records) are exact up to this many slots.
+MAX_PLACKETT_LUCE_K = 3
+
+
+def _check_policy(settings: UseCase, where: str, policy: Policy) -> None:
+    """Rules between a policy and the use case it decides for (messages name both)."""
+    if isinstance(policy, Control) and not isinstance(settings, HillstromUseCase):
+        raise ValueError(
+            f"{where}: control (no intervention) needs a use case with a control action; "
+            f"use case {settings.name!r} ({settings.__struct_config__.tag}) has none; give it "
+            "another policy, e.g. {kind: epsilon_greedy, epsilon: 1.0} (uniformly random)"
+        )
+    if isinstance(policy, LinearBandit) and not isinstance(settings, ObdUseCase):
+        raise ValueError(
+            f"{where}: linear runs on a two-tower model's features (user and item vectors); "
+            f"use case {settings.name!r} ({settings.__struct_config__.tag}) has none; use "
+            "an obd use case"
+        )
+    if isinstance(policy, PlackettLuce) and settings.max_k > MAX_PLACKETT_LUCE_K:
+        raise ValueError(
+            f"{where}: plackett_luce logs exact slot probabilities for at most "
+            f"{MAX_PLACKETT_LUCE_K} slots, but use case {settings.name!r} allows "
+            f"max_k = {settings.max_k}; set its max_k <= {MAX_PLACKETT_LUCE_K}"
+        )
 
 
 class HttpOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -416,7 +614,8 @@ def load_config(path: str | Path) -> LoadedConfig:
 
 def default_config() -> ServeConfig:
     """The shipped defaults (the same as ``configs/default.yaml`` in the repository): both
-    use cases on their shipped checkpoints, one example experiment."""
+    use cases on their shipped checkpoints, an OBD exploration experiment and a Hillstrom
+    experiment with a no-e-mail holdout, decisions logged under ``.state``."""
     return ServeConfig(
         server=ServerSettings(),
         use_cases=(
@@ -424,6 +623,7 @@ def default_config() -> ServeConfig:
                 name="obd",
                 model_name="obd_click",
                 policy=EpsilonGreedy(epsilon=0.1),
+                max_k=3,
             ),
             HillstromUseCase(
                 name="hillstrom",
@@ -446,6 +646,13 @@ def default_config() -> ServeConfig:
                         name="plackett_luce", weight=0.5, policy=PlackettLuce(temperature=0.01)
                     ),
                 ),
+            ),
+            Experiment(
+                name="hillstrom_email",
+                use_case="hillstrom",
+                salt="hillstrom_email",
+                holdout=Holdout(name="holdout", weight=0.2, policy=Control()),
+                variants=(Variant(name="model", weight=0.8),),
             ),
         ),
     )

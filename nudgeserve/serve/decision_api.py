@@ -77,8 +77,9 @@ class HillstromContext(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class RankedAction(msgspec.Struct, frozen=True, array_like=False):
-    """One chosen action: its id, 1-based rank, model score, and the probability that the
-    policy put it in this rank given the ranks above it (for off-policy evaluation)."""
+    """One chosen action: its id, 1-based rank, model score, and ``propensity``: the
+    probability that the policy puts this action at this rank (the slot marginal, which
+    per-position off-policy estimators read; for every policy the same quantity)."""
 
     id: ItemId
     rank: int
@@ -91,8 +92,11 @@ class DecideResponse(msgspec.Struct, frozen=True):
 
     model_version: the served version (as under ``/v2/models``); model_checkpoint: the
     first 12 hex digits of the checkpoint weights' SHA-256 (which weights decided).
-    policy: the selection policy (``greedy``, ``epsilon_greedy``, ``plackett_luce``);
-    experiment, variant: the unit's assignment when an experiment was named.
+    policy: the selection policy (``greedy``, ``epsilon_greedy``, ``plackett_luce``,
+    ``thompson``, ``linear``, ``control``); experiment, variant: the unit's assignment
+    when an experiment was named (``variant`` is the holdout's name for held-out units).
+    propensity_kind: what ``actions[i].propensity`` is: always ``"slot_marginal"``,
+    P(this action at this rank) under the policy (not conditional on the ranks above).
     """
 
     decision_id: str
@@ -104,6 +108,7 @@ class DecideResponse(msgspec.Struct, frozen=True):
     actions: list[RankedAction]
     experiment: str | None = None
     variant: str | None = None
+    propensity_kind: str = "slot_marginal"
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

@@ -16,9 +16,30 @@ from typing import Any
 
 from ray import serve
 
+import logging
+import time
+
 from ._metrics import ServeMetrics
 from .config import Policy, ServeConfig, UseCase
+from .decision_records import RecordBuilder
+from .errors import DecisionNotLogged, Overloaded
 from .usecases import DecisionItem, DecisionOutcome, InferOutcome, build_engine
+
+logger = logging.getLogger("ray.serve")
+
+
+def open_decision_log(config: ServeConfig) -> Any:
+    """The replica's ``DecisionLog`` (its directory created), or None when disabled."""
+    from pathlib import Path
+
+    from .decisions import DecisionLog
+
+    settings = config.decision_log
+    if not settings.enabled:
+        return None
+    log_config = settings.log_config(config.state_dir)
+    Path(log_config.path).parent.mkdir(parents=True, exist_ok=True)
+    return DecisionLog.from_config(log_config)
 
 
 class UseCaseScorer:
@@ -26,13 +47,25 @@ class UseCaseScorer:
 
     settings: the use case's settings; policies: every policy its decisions may use
     (experiment variants included) so warm-up touches each.
+    decision_log: a ``ServeConfig`` (this replica opens and owns its own log, placement
+    ``separate``), an open ``DecisionLog`` shared with the gateway (``colocated``), or
+    None: decisions are not logged.
+
+    Every decision of a batch is committed to the log (``append_many_async``) before any
+    answer of the batch is returned; if that fails, every request of the batch fails
+    with ``DecisionNotLogged`` (503): a decision is never answered without its record.
     """
 
-    def __init__(self, settings: UseCase, policies: tuple[Policy, ...] = ()) -> None:
+    def __init__(
+        self, settings: UseCase, policies: tuple[Policy, ...] = (), decision_log: Any = None
+    ) -> None:
         self.settings = settings
+        self._owns_log = isinstance(decision_log, ServeConfig)
+        self.log = open_decision_log(decision_log) if self._owns_log else decision_log
         self.engine = build_engine(settings)
         self.engine.extra_policies = tuple(policies)
         self.warmup_s = self.engine.load()
+        self.records = RecordBuilder(self.engine.info)
         batching = settings.batching
         for method in (self._decide_batch, self._infer_batch):
             method.set_max_batch_size(batching.max_batch_size)
@@ -67,9 +100,34 @@ class UseCaseScorer:
     # release the GIL while they compute.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
-        outcomes = self.engine.decide_batch(items)
+        engine = self.engine  # one engine per batch, even if a reload swaps it meanwhile
+        outcomes = engine.decide_batch(items)
+        if self.log is not None:
+            await self._log(items, outcomes)
         self._record(outcomes[0].times if outcomes else None, "decide")
         return outcomes
+
+    async def _log(self, items: list[DecisionItem], outcomes: list[DecisionOutcome]) -> None:
+        try:
+            records = self.records.records(items, outcomes, time.time())
+            await self.log.append_many_async(records)
+        except Overloaded:
+            raise  # the log's queue is full: 503 with Retry-After, as any full queue
+        except Exception as exc:
+            logger.error("decision log refused a batch of %d decisions", len(items), exc_info=exc)
+            raise DecisionNotLogged(
+                f"the decision could not be logged ({type(exc).__name__}: {exc}); it was not "
+                "served"
+            ) from None
+
+    def close(self) -> None:
+        """Drain and close the decision log this scorer owns (idempotent)."""
+        if self._owns_log and self.log is not None:
+            self.log.close()
+
+    def __del__(self) -> None:
+        # Ray Serve calls this on a graceful stop, after the replica's requests drained.
+        self.close()
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _infer_batch(self, requests: list[dict[str, Any]]) -> list[InferOutcome]:
@@ -114,16 +172,28 @@ class Gateway:
         from ._router import Router
 
         handles = handles or {}
+        # One decision log per gateway replica: the colocated scorers log into it, and
+        # feedback is recorded through it.
+        self.log = open_decision_log(config)
         scorers: dict[str, Any] = {}
         for settings in config.use_cases:
             if settings.name in handles:
                 scorers[settings.name] = _Remote(handles[settings.name])
             else:
-                scorers[settings.name] = UseCaseScorer(settings, policies_of(config, settings))
-        self.router = Router(config, scorers)
+                scorers[settings.name] = UseCaseScorer(
+                    settings, policies_of(config, settings), self.log
+                )
+        self.router = Router(config, scorers, self.log)
 
     async def __call__(self, request: Any) -> Any:
         return await self.router.handle(request)
+
+    def __del__(self) -> None:
+        # Ray Serve calls this on a graceful stop (SIGTERM to `nudgeserve run`, `serve
+        # shutdown`), after the replica's ongoing requests drained: write what is queued.
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
 
     # No check_health: a use-case deployment still loading (or restarting) must not get
     # the gateway restarted; /v2/health/ready reports the scorers instead.

@@ -65,6 +65,22 @@ class NotReady(NudgeError, RuntimeError):
     """The server or a model is still starting (or stopping)."""
 
 
+class DecisionNotLogged(NotReady):
+    """The decision log could not record a decision, so it was not served (503): a
+    decision is never answered without its record."""
+
+
+class Forbidden(NudgeError, PermissionError):
+    """An admin route without valid credentials.
+
+    status: 401 when no credentials were sent, 403 when they are wrong.
+    """
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class ConfigError(NudgeError, ValueError):
     """A configuration value is invalid; raised at start-up, never per request.
 
@@ -142,6 +158,9 @@ def http_error(exc: BaseException) -> HttpError:
         return HttpError(400, str(exc))
     if isinstance(exc, NotFound):
         return HttpError(404, str(exc))
+    if isinstance(exc, Forbidden):
+        headers = (("www-authenticate", "Bearer"),) if exc.status == 401 else ()
+        return HttpError(exc.status, str(exc), headers)
     if isinstance(exc, MethodNotAllowed):
         return HttpError(405, str(exc), (("allow", ", ".join(exc.allowed)),))
     if isinstance(exc, Overloaded):

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from .config import Experiment, Policy
+from .config import Control, Experiment, Policy, Variant
 from .decision_api import (
     CONTEXT_TYPES,
     DecideRequest,
@@ -26,8 +26,9 @@ from .decision_api import (
     ObdContext,
     RankedAction,
 )
-from .errors import InvalidRequest, ModelNotFound, UnsupportedMediaType
-from .usecases import DecisionItem, DecisionOutcome, UseCaseInfo
+from .decision_records import policy_label, policy_name
+from .errors import ConfigError, InvalidRequest, ModelNotFound, UnsupportedMediaType
+from .usecases import DecisionItem, DecisionMeta, DecisionOutcome, UseCaseInfo
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -50,13 +51,13 @@ def media_type(content_type: str | None) -> str:
     )
 
 
-def policy_name(policy: Policy) -> str:
-    return str(type(policy).__struct_config__.tag)
-
-
 @dataclass(frozen=True)
 class Pending:
-    """What the answer needs besides the scorer's outcome."""
+    """What the answer needs besides the scorer's outcome.
+
+    info: the use case that decides (an experiment variant may name another than the
+    request's).
+    """
 
     info: UseCaseInfo
     decision_id: str
@@ -107,6 +108,15 @@ class DecisionService:
 
         self.infos = infos
         self.experiments = {e.name: e for e in experiments}
+        for e in experiments:
+            for v in e.variants:
+                if v.use_case is not None and infos[v.use_case].catalog != infos[e.use_case].catalog:
+                    where = f"experiments[{e.name}].variants[{v.name}].use_case"
+                    raise ConfigError(
+                        f"{where}: use case {v.use_case!r} chooses among other actions than "
+                        f"{e.use_case!r}; a variant must keep the experiment's catalog",
+                        where,
+                    )
         self._murmur = murmurhash3_32
         # Decision ids (and exploration seeds) from a per-process generator seeded by the
         # OS: unique in practice and ~10x cheaper than uuid4's os.urandom per call.
@@ -153,6 +163,7 @@ class DecisionService:
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"malformed: {exc}", "context") from None
         self._check_context(info, context)
+        policy, experiment, variant, info = self._assign(info, request)
         index = self._index[info.name]
         candidates, inline, inline_ids = self._candidates(info, index, request)
         excluded = self._exclusions(info, index, request, inline_ids)
@@ -168,8 +179,17 @@ class DecisionService:
                 f"exclusions), got {k}",
                 "k",
             )
-        policy, experiment, variant = self._assign(info, request)
+        if isinstance(policy, Control):
+            self._check_control(info, candidates, excluded, experiment, variant)
         decision_id = f"{self._random.getrandbits(128):032x}"
+        meta = DecisionMeta(
+            decision_id=decision_id,
+            unit_id=request.unit_id or "",
+            experiment=experiment or "",
+            variant=variant or "",
+            policy=policy_label(policy),
+            inline_ids=tuple(str(x) for x in inline_ids),
+        )
         item = DecisionItem(
             context=context,
             candidates=candidates,
@@ -178,9 +198,21 @@ class DecisionService:
             k=k,
             policy=policy,
             seed=int(decision_id[:16], 16),
+            meta=meta,
         )
         pending = Pending(info, decision_id, inline_ids, policy_name(policy), experiment, variant)
         return item, pending
+
+    def _check_control(self, info, candidates, excluded, experiment, variant) -> None:
+        # The arm's decision is "no intervention": it must be possible for this request.
+        j = info.control_index
+        if (candidates is not None and j not in candidates.tolist()) or j in excluded.tolist():
+            raise InvalidRequest(
+                f"unit is in arm {variant!r} of experiment {experiment!r}, which gets the "
+                f"control action {info.catalog[j]!r} (no intervention); it may not be excluded "
+                "or left out of the candidates",
+                "exclusions" if j in excluded.tolist() else "candidates",
+            )
 
     def _check_context(self, info: UseCaseInfo, context: Any) -> None:
         if isinstance(context, ObdContext):
@@ -286,8 +318,9 @@ class DecisionService:
         return np.fromiter(sorted(out), dtype=np.int64, count=len(out))
 
     def _assign(self, info: UseCaseInfo, request: DecideRequest):
+        """(policy, experiment, variant, the use case that decides)."""
         if request.experiment is None:
-            return info.policy, None, None
+            return info.policy, None, None, info
         experiment = self.experiments.get(request.experiment)
         if experiment is None:
             known = ", ".join(sorted(self.experiments)) or "none configured"
@@ -303,7 +336,9 @@ class DecisionService:
         if request.unit_id is None:
             raise InvalidRequest("is required with experiment (it picks the variant)", "unit_id")
         variant = assign_variant(experiment, request.unit_id, self._murmur)
-        return variant.policy or info.policy, experiment.name, variant.name
+        if variant.use_case is not None:
+            info = self.infos[variant.use_case]
+        return variant.policy or info.policy, experiment.name, variant.name, info
 
     # -- answer ---------------------------------------------------------------------------
 
@@ -328,8 +363,8 @@ class DecisionService:
             decision_id=pending.decision_id,
             use_case=info.name,
             model_name=info.model_name,
-            model_version=info.version,
-            model_checkpoint=info.checkpoint_id,
+            model_version=outcome.model_version or info.version,
+            model_checkpoint=outcome.model_checkpoint or info.checkpoint_id,
             policy=pending.policy,
             actions=actions,
             experiment=pending.experiment,
@@ -355,16 +390,21 @@ def _describe_catalog(info: UseCaseInfo) -> str:
     return "one of " + ", ".join(repr(x) for x in info.catalog)
 
 
-def assign_variant(experiment: Experiment, unit_id: str, murmur: Any = None):
-    """The unit's variant: MurmurHash3 of ``"{salt}:{unit_id}"`` picks a point in [0, 1)
-    that falls in one variant's share of the weights (stable across processes)."""
+def assign_variant(experiment: Experiment, unit_id: str, murmur: Any = None) -> Variant:
+    """The unit's arm (the holdout comes back as a ``Variant``): MurmurHash3 of
+    ``"{salt}:{unit_id}"`` (the hash kernel) over 2^32 is a point in [0, 1) that falls in
+    one arm's share (``Experiment.arms`` order). The same unit gets the same arm in every
+    process and on every request (sticky) while the salt and the shares stay the same."""
     if murmur is None:
         from nudgeserve.kernels import murmurhash3_32 as murmur
     h = int(murmur([f"{experiment.salt}:{unit_id}"], seed=0)[0])
-    point = h / 2**32 * sum(v.weight for v in experiment.variants)
+    arms = experiment.arms()
+    # Shares add up to 1 within the config's tolerance; scale by their exact sum so the
+    # last arm's share is not shaved by rounding.
+    point = h / 2**32 * sum(a.weight for a in arms)
     acc = 0.0
-    for variant in experiment.variants:
-        acc += variant.weight
+    for arm in arms:
+        acc += arm.weight
         if point < acc:
-            return variant
-    return experiment.variants[-1]
+            return arm
+    return arms[-1]

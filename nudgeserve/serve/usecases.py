@@ -33,6 +33,23 @@ DEFAULT_CHECKPOINT = {"obd": "obd", "hillstrom": "hillstrom"}
 CHECKPOINT_KIND = {"obd": "obd_click", "hillstrom": "hillstrom_uplift"}
 
 
+class DecisionMeta(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What the decision log records about a decision besides its outcome.
+
+    decision_id: 32 hex digits (the answer's ``decision_id``); unit_id: the request's
+    ``unit_id`` ("" when none); experiment, variant: the assignment ("" when none);
+    policy: the policy's label (``policy_label``); inline_ids: the inline candidates'
+    ids as text, in the order of ``DecisionItem.inline``.
+    """
+
+    decision_id: str
+    unit_id: str = ""
+    experiment: str = ""
+    variant: str = ""
+    policy: str = ""
+    inline_ids: tuple[str, ...] = ()
+
+
 class DecisionItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One validated decision request, as the batched scorer takes it.
 
@@ -43,6 +60,8 @@ class DecisionItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
     excluded: int64[e] catalog indices never to show.
     k: slate size (validated: 1 <= k <= allowed candidates).
     seed: the decision's random stream (exploration), from its decision id.
+    meta: what the decision log records (None only for items that are not served, such
+        as warm-up; a scorer that logs refuses items without it).
     """
 
     context: Any
@@ -52,6 +71,7 @@ class DecisionItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
     k: int
     policy: Policy
     seed: int
+    meta: DecisionMeta | None = None
 
 
 class StageTimes(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -67,14 +87,19 @@ class DecisionOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The scorer's answer to one ``DecisionItem``.
 
     indices: int64[k] catalog index (or ``n_catalog + j`` for inline candidate j);
-    scores: float32[k]; propensities: float64[k] (probability of that action at that rank
-    given the ranks above it).
+    scores: float32[k]; propensities: float64[k], the probability that the policy puts
+    that action at that rank (the slot marginal; see ``_selection``).
+    features: float32[F], the decision's replay vector (``replay_layout``).
+    model_version, model_checkpoint: which model decided (a reload changes them).
     """
 
     indices: Any
     scores: Any
     propensities: Any
     times: StageTimes
+    features: Any = None
+    model_version: str = ""
+    model_checkpoint: str = ""
 
 
 class InferOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -105,6 +130,7 @@ class UseCaseInfo:
     signature: ModelSignature
     accepts_inline: bool
     n_user_fields: int = 0
+    control_index: int | None = None
 
     @property
     def n_catalog(self) -> int:
@@ -219,6 +245,7 @@ def describe(settings: UseCase) -> UseCaseInfo:
         policy=settings.policy,
         signature=signature,
         accepts_inline=False,
+        control_index=spec.control_index,
     )
 
 
@@ -239,6 +266,11 @@ class _Engine:
         self.scorer: Any = None
         # Policies of experiment variants, warmed up too (set before ``load``).
         self.extra_policies: tuple[Policy, ...] = ()
+        # The learner's state for this use case, replaced whole by the replica when a
+        # newer snapshot arrives (see ``deployments``): per-arm reward counts
+        # (successes, failures: float64[n_catalog]) and the linear bandit.
+        self.arm_counts: tuple[np.ndarray, np.ndarray] | None = None
+        self.linear_bandit: Any = None
 
     def _load_checkpoint(self):
         from nudgeserve.models import load_checkpoint
@@ -280,13 +312,27 @@ class _Engine:
         raise NotImplementedError
 
     def _select(
-        self, scores: np.ndarray, items: list[DecisionItem], excluded: np.ndarray | None
+        self,
+        scores: np.ndarray,
+        items: list[DecisionItem],
+        excluded: np.ndarray | None,
+        linear_features: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        from ._selection import select_slates
+        from ._selection import SelectionState, select_slates
 
-        k_max = max(item.k for item in items)
+        ks = [item.k for item in items]
         seeds = np.fromiter((item.seed for item in items), dtype=np.uint64, count=len(items))
-        return select_slates(scores, k_max, [item.policy for item in items], seeds, excluded)
+        counts = self.arm_counts
+        state = SelectionState(
+            control_index=self.info.control_index,
+            n_catalog=self.info.n_catalog,
+            successes=None if counts is None else counts[0],
+            failures=None if counts is None else counts[1],
+            linear=self.linear_bandit,
+            linear_features=linear_features,
+        )
+        policies = [item.policy for item in items]
+        return select_slates(scores, ks, policies, seeds, excluded, state)
 
 
 def _catalog_mask(items: list[DecisionItem], n_rows: int, n_cols: int, n_catalog: int):
@@ -316,6 +362,8 @@ def _outcomes(
     idx: np.ndarray,
     prop: np.ndarray,
     times: StageTimes,
+    replay: list[np.ndarray],
+    info: UseCaseInfo,
 ) -> list[DecisionOutcome]:
     out = []
     for row, item in enumerate(items):
@@ -326,6 +374,9 @@ def _outcomes(
                 scores=scores[row, chosen],
                 propensities=prop[row, : item.k],
                 times=times,
+                features=replay[row],
+                model_version=info.version,
+                model_checkpoint=info.checkpoint_id,
             )
         )
     return out
@@ -348,6 +399,12 @@ class ObdEngine(_Engine):
         self.featurizer = self.scorer.featurizer
         self.n_items = self.scorer.n_items
         self._inline = _InlineItems(self.loaded, self.settings.slot)
+        import torch
+
+        with torch.inference_mode():
+            self._catalog_vectors = self.loaded.module.item_vectors().numpy().astype(np.float64)
+        if self.linear_bandit is None:
+            self.linear_bandit = initial_linear_bandit(self._catalog_vectors.shape[1])
         return self.warmup()
 
     def example_item(self, policy: Policy) -> DecisionItem:
@@ -384,6 +441,12 @@ class ObdEngine(_Engine):
                     affinity = np.zeros((n, self.n_items), dtype=np.float32)
                 affinity[row] = item.context.affinity
         features = self._features(users, affinity)
+        # The replay vector (``replay_layout``): hashed user fields and raw affinities.
+        head = np.zeros((n, self.info.n_user_fields + self.n_items), dtype=np.float32)
+        head[:, : self.info.n_user_fields] = features.user_buckets
+        if affinity is not None:
+            head[:, self.info.n_user_fields :] = affinity
+        replay = list(head)
         t1 = time.perf_counter()
         probs = self.scorer.predict(features, position=self.settings.slot)
         n_inline = max(len(item.inline) for item in items)
@@ -392,17 +455,105 @@ class ObdEngine(_Engine):
             scores[:, : self.n_items] = probs
             for row, item in enumerate(items):
                 if item.inline:
+                    table = self._inline.table(item.inline)
                     scores[row, self.n_items : self.n_items + len(item.inline)] = (
-                        self._inline.scores(features.user_buckets[row], item.inline)
+                        self._inline.scores(features.user_buckets[row], table)
                     )
+                    inline_part = np.concatenate(
+                        [
+                            np.asarray([[f.item_feature_0] for f in item.inline], np.float32),
+                            table.categorical_buckets.astype(np.float32),
+                        ],
+                        axis=1,
+                    )
+                    replay[row] = np.concatenate([head[row], inline_part.reshape(-1)])
         else:
             scores = probs
         t2 = time.perf_counter()
         excluded = _catalog_mask(items, n, scores.shape[1], self.n_items)
-        idx, prop = self._select(scores, items, excluded)
+
+        def linear_features(rows: np.ndarray) -> np.ndarray:
+            return self.bandit_features(features.user_buckets[rows], scores[rows], items, rows)
+
+        idx, prop = self._select(scores, items, excluded, linear_features)
         t3 = time.perf_counter()
         times = StageTimes(n, t1 - t0, t2 - t1, t3 - t2)
-        return check_outcomes(_outcomes(items, scores, idx, prop, times), n)
+        return check_outcomes(_outcomes(items, scores, idx, prop, times, replay, self.info), n)
+
+    def bandit_features(
+        self,
+        user_buckets: np.ndarray,
+        scores: np.ndarray,
+        items: list[DecisionItem] | None = None,
+        rows: np.ndarray | None = None,
+        inline_tables: list | None = None,
+    ) -> np.ndarray:
+        """The linear bandit's context-action features (``interaction_features``):
+        float64[R, N, dim + 1] with ``x[r, n] = [score, u[r] * v[n]]``, ``u`` the user
+        tower's vector and ``v`` the item's (catalog, then the row's inline items).
+
+        user_buckets: int64[R, F]; scores: float32[R, N] (NaN columns, which no policy
+        may choose, get 0); items / rows: the batch's items and which of them these rows
+        are (for their inline items), or inline_tables: one ``ObdItemTable`` (or None)
+        per row.
+        """
+        import torch
+
+        m = self.loaded.module
+        with torch.inference_mode():
+            user = m.user_vectors(torch.from_numpy(np.ascontiguousarray(user_buckets)))
+        u = user.numpy().astype(np.float64)
+        n_rows, n_cols = scores.shape
+        dim = u.shape[1]
+        vectors = np.zeros((n_rows, n_cols, dim))
+        vectors[:, : self.n_items] = self._catalog_vectors
+        for r in range(n_rows):
+            if inline_tables is not None:
+                table = inline_tables[r]
+            else:
+                inline = items[int(rows[r])].inline
+                table = self._inline.table(inline) if inline else None
+            if table is not None:
+                v = self._inline.item_vectors(table).numpy()
+                vectors[r, self.n_items : self.n_items + v.shape[0]] = v
+        x = np.empty((n_rows, n_cols, dim + 1))
+        x[:, :, 0] = np.nan_to_num(scores, nan=0.0)
+        x[:, :, 1:] = u[:, None, :] * vectors
+        return x
+
+    def replay_scores(self, features: np.ndarray, candidates: list[list[str]]) -> list:
+        """Scores this model gives every candidate of logged decisions.
+
+        features: the logged replay vectors (``replay_layout``), one per decision;
+        candidates: each decision's candidate ids as logged. Returns one float64[c] per
+        decision (inline candidates scored from their logged features).
+        """
+        n_fields = self.info.n_user_fields
+        n = len(features)
+        head = np.stack([np.asarray(f[: n_fields + self.n_items], np.float32) for f in features])
+        buckets = head[:, :n_fields].astype(np.int64)
+        from nudgeserve.models import ObdFeatures
+
+        obd = ObdFeatures(buckets, self.featurizer.transform_affinity(head[:, n_fields:], n))
+        probs = self.scorer.predict(obd, position=self.settings.slot)
+        index = {str(x): j for j, x in enumerate(self.info.catalog)}
+        out = []
+        for row, ids in enumerate(candidates):
+            tail = np.asarray(features[row][n_fields + self.n_items :], np.float32).reshape(-1, 4)
+            inline_scores = (
+                self._inline.scores_from_table(buckets[row], tail) if len(tail) else None
+            )
+            values = np.empty(len(ids), dtype=np.float64)
+            j_inline = 0
+            for c, item_id in enumerate(ids):
+                j = index.get(item_id)
+                if j is None:
+                    values[c] = inline_scores[j_inline]
+                    j_inline += 1
+                else:
+                    values[c] = probs[row, j]
+            out.append(values)
+        return out
 
     def infer_batch(self, requests: list[dict[str, np.ndarray]]) -> list[InferOutcome]:
         """KServe v2 infer for a batch of requests (each with its own rows)."""
@@ -455,8 +606,9 @@ class _InlineItems:
         self.slot = slot
         self._ObdFeaturizer = ObdFeaturizer
 
-    def item_vectors(self, inline: tuple[ObdItemFeatures, ...]):
-        """float32[n, dim] tensor for ``inline`` items."""
+    def table(self, inline: tuple[ObdItemFeatures, ...]):
+        """The ``ObdItemTable`` of ``inline`` items (hashed and standardised like the
+        catalog's)."""
         from nudgeserve.models import ObdItemContext
 
         n = len(inline)
@@ -465,7 +617,7 @@ class _InlineItems:
         categorical = np.asarray(
             [[f.item_feature_1, f.item_feature_2, f.item_feature_3] for f in inline], dtype=object
         )
-        table = self._ObdFeaturizer(spec).item_table(
+        return self._ObdFeaturizer(spec).item_table(
             ObdItemContext(
                 item_id=np.arange(n, dtype=np.int64),
                 numeric=numeric,
@@ -473,22 +625,44 @@ class _InlineItems:
                 categorical_buckets=np.zeros((n, 3), dtype=np.int64),
             )
         )
+
+    def item_vectors(self, table):
+        """float32[n, dim] tensor for inline items given their ``ObdItemTable``."""
         torch = self._torch
         m = self.model
-        buckets = torch.from_numpy(table.categorical_buckets)
+        buckets = torch.from_numpy(np.ascontiguousarray(table.categorical_buckets))
         with torch.inference_mode():
             embedded = m.item_feature_embedding(buckets + m.item_offsets).sum(dim=1)
-            return embedded + m.item_numeric_projection(torch.from_numpy(table.numeric))
+            return embedded + m.item_numeric_projection(
+                torch.from_numpy(np.ascontiguousarray(table.numeric))
+            )
 
-    def scores(self, user_buckets: np.ndarray, inline: tuple[ObdItemFeatures, ...]) -> np.ndarray:
-        """float32[n] click probabilities of ``inline`` items for one user (int64[F])."""
+    def scores(self, user_buckets: np.ndarray, table) -> np.ndarray:
+        """float32[n] click probabilities of inline items (their ``ObdItemTable``) for one
+        user (``user_buckets``: int64[F])."""
         torch = self._torch
         m = self.model
         with torch.inference_mode():
             user = m.user_vectors(torch.from_numpy(np.ascontiguousarray(user_buckets[None, :])))
-            logits = self.item_vectors(inline) @ user[0] + m.bias + m.position_bias[self.slot]
+            logits = self.item_vectors(table) @ user[0] + m.bias + m.position_bias[self.slot]
             probs = torch.sigmoid(m.calibration_scale * logits + m.calibration_shift)
         return probs.numpy().astype(np.float32)
+
+    def scores_from_table(self, user_buckets: np.ndarray, logged: np.ndarray) -> np.ndarray:
+        """``scores`` from logged inline features: float32[n, 4] rows of raw
+        ``item_feature_0`` and the three hashed categorical buckets."""
+        from nudgeserve.models import ObdItemTable
+
+        from nudgeserve.kernels import standardize
+
+        mean = np.asarray(self.spec.item_numeric_mean, np.float32)
+        std = np.asarray(self.spec.item_numeric_std, np.float32)
+        numeric = standardize(np.ascontiguousarray(logged[:, :1], dtype=np.float32), mean, std)
+        table = ObdItemTable(
+            categorical_buckets=logged[:, 1:].astype(np.int64),
+            numeric=np.ascontiguousarray(numeric, dtype=np.float32),
+        )
+        return self.scores(user_buckets, table)
 
 
 class HillstromEngine(_Engine):
@@ -552,6 +726,11 @@ class HillstromEngine(_Engine):
             for name in (*self.numeric_names, *self.categorical_names)
         }
         features = self.featurizer.transform(columns)
+        # The replay vector (``replay_layout``): raw numeric columns, hashed categoricals.
+        replay = np.empty((n, len(self.numeric_names) + len(self.categorical_names)), np.float32)
+        for j, name in enumerate(self.numeric_names):
+            replay[:, j] = columns[name]
+        replay[:, len(self.numeric_names) :] = features.categorical
         t1 = time.perf_counter()
         scores = self._gain(self.scorer.predict(features))
         t2 = time.perf_counter()
@@ -559,7 +738,33 @@ class HillstromEngine(_Engine):
         idx, prop = self._select(scores, items, excluded)
         t3 = time.perf_counter()
         times = StageTimes(n, t1 - t0, t2 - t1, t3 - t2)
-        return check_outcomes(_outcomes(items, scores, idx, prop, times), n)
+        return check_outcomes(
+            _outcomes(items, scores, idx, prop, times, list(replay), self.info), n
+        )
+
+    def replay_scores(self, features: np.ndarray, candidates: list[list[str]]) -> list:
+        """Scores (net gains) this model gives every candidate of logged decisions.
+
+        features: the logged replay vectors (``replay_layout``); candidates: each
+        decision's candidate ids as logged. Returns one float64[c] per decision.
+        """
+        from nudgeserve.models import HillstromFeatures
+
+        x = np.stack([np.asarray(f, np.float32) for f in features])
+        n, n_num = x.shape[0], len(self.numeric_names)
+        # The categorical columns are logged hashed; the placeholders only fill the
+        # featurizer's string columns, whose buckets are replaced by the logged ones.
+        columns: dict[str, Any] = {name: x[:, j] for j, name in enumerate(self.numeric_names)}
+        columns.update({name: [""] * n for name in self.categorical_names})
+        numeric = self.featurizer.transform(columns).numeric
+        gains = self._gain(
+            self.scorer.predict(HillstromFeatures(x[:, n_num:].astype(np.int64), numeric))
+        )
+        index = {t: j for j, t in enumerate(self.treatments)}
+        return [
+            gains[row, [index[c] for c in ids]].astype(np.float64)
+            for row, ids in enumerate(candidates)
+        ]
 
     def infer_batch(self, requests: list[dict[str, np.ndarray]]) -> list[InferOutcome]:
         t0 = time.perf_counter()
@@ -586,6 +791,16 @@ class HillstromEngine(_Engine):
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         return check_outcomes(out, len(requests))
+
+
+def initial_linear_bandit(dim: int, ridge: float = 1.0) -> Any:
+    """The linear bandit before any feedback: features ``[score, u * v]`` (``dim`` + 1) and
+    the prior mean ``e_0``, so it starts out ranking exactly as the model does."""
+    from nudgeserve.models.linear_bandit import LinearBandit
+
+    prior = np.zeros(dim + 1)
+    prior[0] = 1.0
+    return LinearBandit(dim + 1, ridge=ridge, prior_mean=prior)
 
 
 def build_engine(settings: UseCase) -> ObdEngine | HillstromEngine:

@@ -468,6 +468,32 @@ def test_cli_logs_writes_report_plots_and_json(exported_logs, tmp_path, capsys):
     assert saved["n"] == direct.n and len(saved["ate"]) == len(direct.ate)
     code = main(["impact", "logs", str(path), "--holdout-share", "1.5"])
     assert code == 2 and "holdout_share" in capsys.readouterr().err
+    # The same rule as a YAML file.
+    yaml_config = tmp_path / "rule.yaml"
+    yaml_config.write_text(
+        "costs: {Mens E-Mail: 0.03, Womens E-Mail: 0.03}\nholdout_share: 0.25\n"
+        "explore_share: 0.35\nsalt: logs\n"
+    )
+    code = main(
+        [
+            "impact",
+            "logs",
+            str(path),
+            "--config",
+            str(yaml_config),
+            "--n-bootstrap",
+            "30",
+            "--qini-resamples",
+            "5",
+            "--json",
+            str(tmp_path / "y.json"),
+        ]
+    )
+    assert code == 0
+    assert json.loads((tmp_path / "y.json").read_text())["ate"] == saved["ate"]
+    yaml_config.write_text("holdout_share: 3\n")
+    code = main(["impact", "logs", str(path), "--config", str(yaml_config)])
+    assert code == 2 and "holdout_share" in capsys.readouterr().err
 
 
 def test_cli_hillstrom_writes_six_plots(tmp_path, capsys):

@@ -422,3 +422,34 @@ def test_allocate_matches_the_unit_by_unit_reference(seed, b):
     np.testing.assert_array_equal(granted, ref_granted, err_msg=f"seed={seed}")
     np.testing.assert_array_equal(available, ref_available, err_msg=f"seed={seed}")
     assert ledger.state().used == ref_used
+
+
+def test_a_forwarding_ledger_works_like_the_ledger_it_forwards_to():
+    # How a server shares one ledger across replicas: each replica holds a proxy whose
+    # allocate reaches the single BudgetLedger (here through a worker thread).
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = config(daily_caps={MENS: 2})
+
+    class Forwarding:
+        def __init__(self, ledger, pool):
+            self.ledger, self.pool = ledger, pool
+
+        def allocate(self, preferences, names):
+            return self.pool.submit(self.ledger.allocate, preferences, tuple(names)).result()
+
+    ids, risk, uplift, sd = batch([[0.2, 0.0]] * 4, 0.001)
+    direct = decide_interventions(
+        cfg, ids, risk, uplift, sd, ledger=BudgetLedger.from_config(cfg, clock=lambda: 0.0)
+    )
+    with ThreadPoolExecutor(1) as pool:
+        shared = BudgetLedger.from_config(cfg, clock=lambda: 0.0)
+        proxied = decide_interventions(cfg, ids, risk, uplift, sd, ledger=Forwarding(shared, pool))
+    assert (
+        proxied.reasons()
+        == direct.reasons()
+        == ["act", "act", "budget_exhausted", "budget_exhausted"]
+    )
+    np.testing.assert_array_equal(proxied.propensity, direct.propensity)
+    with pytest.raises(TypeError, match="allocate"):
+        decide_interventions(cfg, ids, risk, uplift, sd, ledger={MENS: 2})

@@ -250,9 +250,9 @@ def test_config_errors_name_the_field():
         EnsembleTrainConfig(calibration_groups=0)
 
 
-@pytest.mark.parametrize("rows", [1, 7, 600])
+@pytest.mark.parametrize("rows", [1, 7, 1100])
 def test_both_stacked_paths_equal_the_members(rows):
-    # Batches from 512 rows on CPU loop over members; smaller ones use batched matmuls.
+    # Batches from 1,024 rows on CPU loop over members; smaller ones use batched matmuls.
     torch.manual_seed(rows)
     members = [
         UpliftModel(n_categorical=3, n_buckets=8, n_numeric=5, n_treatments=3, hidden=16)

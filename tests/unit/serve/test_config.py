@@ -86,7 +86,7 @@ def test_tagged_sections_decode_to_their_types():
         (
             with_use_case(policy={"kind": "softmax"}),
             "use_cases[0].policy.kind",
-            ["'softmax'", "greedy, epsilon_greedy, plackett_luce"],
+            ["'softmax'", "greedy, epsilon_greedy, plackett_luce, thompson, linear, control"],
         ),
         (with_use_case(device="tpu"), "use_cases[0].device", ["'tpu'", "auto, cpu, cuda"]),
         (
@@ -165,7 +165,7 @@ def test_unknown_setting_is_refused_and_known_ones_listed():
                     {
                         "name": "e",
                         "use_case": "obd",
-                        "variants": [{"name": "a", "weight": 1}, {"name": "a", "weight": 2}],
+                        "variants": [{"name": "a", "weight": 0.5}, {"name": "a", "weight": 0.5}],
                     }
                 ],
             },

@@ -60,13 +60,17 @@ def test_media_types():
 @pytest.mark.parametrize("fmt", [JSON, MSGPACK])
 def test_a_valid_request_becomes_an_item(service, fmt):
     item, pending = prepare(
-        service, fmt, k=5, exclusions=[3, "4"], candidates=[{"id": i} for i in range(10)]
+        service, fmt, k=2, exclusions=[3, "4"], candidates=[{"id": i} for i in range(10)]
     )
-    assert item.k == 5
+    assert item.k == 2
     assert item.candidates.tolist() == list(range(10))
     assert item.excluded.tolist() == [3, 4]
     assert pending.policy == "epsilon_greedy" and pending.experiment is None
     assert item.seed == int(pending.decision_id[:16], 16)
+    # What the decision log will record about it.
+    assert item.meta.decision_id == pending.decision_id
+    assert item.meta.policy == "epsilon_greedy(epsilon=0.1)"
+    assert (item.meta.unit_id, item.meta.experiment, item.meta.variant) == ("", "", "")
 
 
 def test_default_k_is_the_slate_size(service, infos):
@@ -79,8 +83,8 @@ def test_default_k_is_the_slate_size(service, infos):
 @pytest.mark.parametrize(
     ("fields", "field", "fragment"),
     [
-        ({"k": 0}, "k", "must be in [1, 10]"),
-        ({"k": 11}, "k", "max_k 10"),
+        ({"k": 0}, "k", "must be in [1, 3]"),
+        ({"k": 4}, "k", "max_k 3"),
         ({"k": 3, "candidates": [{"id": 1}, {"id": 2}]}, "k", "2 candidates"),
         ({"k": "3"}, "k", "Expected `int | null`, got `str`"),
         ({"candidates": []}, "candidates", "must not be empty"),
@@ -209,15 +213,15 @@ def test_variant_assignment_is_deterministic_and_follows_weights():
         use_case="obd",
         salt="s",
         variants=(
-            Variant(name="a", weight=3, policy=Greedy()),
-            Variant(name="b", weight=1, policy=PlackettLuce(temperature=1.0)),
+            Variant(name="a", weight=0.75, policy=Greedy()),
+            Variant(name="b", weight=0.25, policy=PlackettLuce(temperature=1.0)),
         ),
     )
     first = [assign_variant(experiment, f"unit-{i}").name for i in range(4000)]
     again = [assign_variant(experiment, f"unit-{i}").name for i in range(4000)]
     assert first == again
     share = Counter(first)["a"] / len(first)
-    assert 0.72 < share < 0.78  # 3:1 weights; 4000 units give a standard error of 0.007
+    assert 0.72 < share < 0.78  # 3:1 shares; 4000 units give a standard error of 0.007
     salted = Experiment(name="e", use_case="obd", salt="other", variants=experiment.variants)
     assert [assign_variant(salted, f"unit-{i}").name for i in range(4000)] != first
 

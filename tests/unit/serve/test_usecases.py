@@ -11,12 +11,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nudgeserve.models import load_obd, load_obd_items
-from nudgeserve.serve.config import EpsilonGreedy, Greedy, PlackettLuce
+from nudgeserve.serve.config import (
+    MAX_PLACKETT_LUCE_K,
+    EpsilonGreedy,
+    Greedy,
+    LinearBandit,
+    PlackettLuce,
+    Thompson,
+)
 from nudgeserve.serve.decision_api import HillstromContext, ObdContext, ObdItemFeatures
 from nudgeserve.serve.errors import BatchError
 from nudgeserve.serve.usecases import DecisionItem, check_outcomes
 
-POLICIES = [Greedy(), EpsilonGreedy(epsilon=0.3), PlackettLuce(temperature=0.002)]
+POLICIES = [
+    Greedy(),
+    EpsilonGreedy(epsilon=0.3),
+    PlackettLuce(temperature=0.002),
+    Thompson(prior_alpha=2.0, prior_beta=50.0),
+    LinearBandit(method="ucb", alpha=0.5, epsilon=0.1),
+    LinearBandit(method="thompson", alpha=0.5, propensity_draws=50),
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +88,15 @@ def test_outcome_does_not_depend_on_the_batch(engines, obd_log, data):
             for j in range(data.draw(st.integers(0, 2)))
         ]
         n_allowed = len(pool) - len(excluded) + len(inline)
+        policy = data.draw(st.sampled_from(POLICIES))
+        # Plackett-Luce slot marginals are exact up to 3 slots (the config caps max_k).
+        k_max = MAX_PLACKETT_LUCE_K if isinstance(policy, PlackettLuce) else 10
         items.append(
             obd_item(
                 obd_log,
                 data.draw(st.integers(0, 9999)),
-                k=data.draw(st.integers(1, min(10, n_allowed))),
-                policy=data.draw(st.sampled_from(POLICIES)),
+                k=data.draw(st.integers(1, min(k_max, n_allowed))),
+                policy=policy,
                 seed=data.draw(st.integers(0, 2**64 - 1)),
                 candidates=candidates,
                 excluded=excluded,
@@ -130,7 +147,7 @@ def test_inline_items_score_like_catalog_items_without_their_id_terms(engines, o
     )
     row = 3
     buckets = engine.featurizer.hash_users(np.asarray([obd_log.user_features[row]], object))
-    got = engine._inline.scores(buckets[0], inline)
+    got = engine._inline.scores(buckets[0], engine._inline.table(inline))
     with torch.no_grad():
         saved = (model.item_embedding.weight.clone(), model.item_bias.clone())
         model.item_embedding.weight.zero_()
