@@ -7,7 +7,8 @@ Order of precedence, highest first:
    typo never silently benchmarks the wrong code.
 2. The machine profile written by ``nudgeserve bench-kernels --write-profile`` (JSON
    ``{"op": "backend"}``) at ``NUDGESERVE_KERNEL_PROFILE`` or the default path below.
-3. The built-in order ``DEFAULT_ORDER``: compiled first, NumPy last.
+3. The op's built-in order (``DEFAULT_ORDER`` unless it registered its own): compiled
+   first, NumPy last.
 
 A backend that cannot be imported (compiled module not built, numba missing) is skipped
 with a warning unless it was forced by ``NUDGESERVE_KERNELS``, in which case the import
@@ -86,12 +87,14 @@ class Registry:
         self._chosen: dict[str, tuple[str, Callable[..., Any]]] = {}
         self._profile: dict[str, str] | None = None
         self._examples: dict[str, Callable[[str], tuple[tuple, dict]]] = {}
+        self._orders: dict[str, tuple[str, ...]] = {}
 
     def register(
         self,
         op: str,
         loaders: dict[str, Callable[[], Callable[..., Any]]],
         example: Callable[[str], tuple[tuple, dict]],
+        default_order: tuple[str, ...] = DEFAULT_ORDER,
     ) -> None:
         """Register lazy loaders (each returns the implementation) for ``op``.
 
@@ -99,6 +102,8 @@ class Registry:
         ``example(size)`` returns ``(args, kwargs)`` for those implementations, with
         ``size`` ``"small"`` (warm-up: compiles every Numba signature the op uses) or
         ``"typical"`` (a serving-sized input, timed to write the machine profile).
+        ``default_order`` replaces the built-in order for this op when no profile or
+        override names a backend (an op whose compiled version is known to be slower).
         """
         unknown = set(loaders) - set(BACKENDS)
         if unknown:
@@ -107,6 +112,7 @@ class Registry:
             raise ValueError(f"op {op!r}: a numpy reference implementation is required")
         self._loaders[op] = loaders
         self._examples[op] = example
+        self._orders[op] = tuple(default_order)
         self._chosen.pop(op, None)
 
     def example(self, op: str, size: str) -> tuple[tuple, dict]:
@@ -161,7 +167,8 @@ class Registry:
             )
         if self._profile is None:
             self._profile = _load_profile()
-        order = list(DEFAULT_ORDER)
+        order = [b for b in self._orders[op] if b in BACKENDS]
+        order += [b for b in DEFAULT_ORDER if b not in order]
         preferred = self._profile.get(op)
         if preferred in loaders:
             order.remove(preferred)

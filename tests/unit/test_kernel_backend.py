@@ -125,3 +125,28 @@ def test_real_registry_write_profile_round_trip(tmp_path):
         assert chosen_backends() == choices  # import-time choice now follows the profile
     finally:
         REGISTRY.reset()
+
+
+def test_op_default_order_applies_without_profile():
+    reg = Registry()
+    reg.register(
+        "slow_cython",
+        {
+            "cython": lambda: lambda x: x,
+            "numba": lambda: lambda x: x,
+            "numpy": lambda: lambda x: x,
+        },
+        example=lambda size: ((1,), {}),
+        default_order=("numba", "cython", "numpy"),
+    )
+    assert reg.backend("slow_cython") == "numba"
+
+
+def test_shipped_log1p_prefers_numba_without_profile():
+    from nudgeserve.kernels import REGISTRY
+
+    REGISTRY.reset()
+    try:
+        assert REGISTRY.backend("log1p") in ("numba", "numpy")  # numpy only if numba is absent
+    finally:
+        REGISTRY.reset()
