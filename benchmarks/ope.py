@@ -15,15 +15,16 @@ ratio = fastest baseline median / case median (above 1: faster than every baseli
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
-
 import numpy as np
 
-from benchmarks._timing import Case, time_callable
+from benchmarks._timing import (
+    Case,
+    case_arguments,
+    print_table,
+    run_cases,
+    thread_counts,
+    write_rows_json,
+)
 
 
 def _obd_sized(n: int = 10_000, n_items: int = 80, n_positions: int = 3, seed: int = 0):
@@ -112,65 +113,16 @@ def cases() -> list[Case]:
     return out
 
 
-def run_cases(selected: list[Case], threads: int) -> list[dict]:
-    from nudgeserve import kernels
-
-    kernels.set_num_threads(threads)
-    rows = []
-    for i, case in enumerate(selected, 1):
-        print(
-            f"  [{threads} thread(s)] {i}/{len(selected)} {case.group} :: {case.name}",
-            file=sys.stderr,
-            flush=True,
-        )
-        rows.append(
-            {
-                "group": case.group,
-                "name": case.name,
-                "baseline": case.baseline,
-                "threads": threads,
-                "median_s": time_callable(case.fn, max_total_s=6.0),
-            }
-        )
-    best: dict[str, float] = {}
-    for r in rows:
-        if r["baseline"]:
-            best[r["group"]] = min(best.get(r["group"], float("inf")), r["median_s"])
-    for r in rows:
-        b = best.get(r["group"])
-        r["ratio_vs_best_baseline"] = (b / r["median_s"]) if b else None
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ope",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--json", dest="json_path", help="also write the figures as JSON here")
-    parser.add_argument("--only", default="", help="run only groups containing this text")
-    parser.add_argument(
-        "--threads", default=None, help="comma-separated thread counts (default: 1 and all cores)"
-    )
-    args = parser.parse_args(argv)
-    all_cores = os.cpu_count() or 1
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, all_cores})
+    args = case_arguments("python -m benchmarks.ope", __doc__).parse_args(argv)
     selected = [c for c in cases() if args.only in c.group]
-    rows = [r for t in threads for r in run_cases(selected, t)]
-    print(f"\n{'threads':>7}  {'group':<58} {'case':<36} {'median':>11} {'ratio':>8}")
-    for r in rows:
-        ratio = f"{r['ratio_vs_best_baseline']:.2f}x" if r["ratio_vs_best_baseline"] else "-"
-        name = r["name"] + (" (baseline)" if r["baseline"] else "")
-        print(
-            f"{r['threads']:>7}  {r['group']:<58} {name:<36} "
-            f"{r['median_s'] * 1e3:>9.2f}ms {ratio:>8}"
-        )
+    # The estimator cases take far longer per call than a kernel (the obp-style loop most):
+    # so each case gets twice the kernels' time budget, for more samples per median.
+    rows = [r for t in thread_counts(args.threads) for r in run_cases(selected, t, 6.0)]
+    print_table(rows)
     if args.json_path:
-        with open(args.json_path, "w") as fh:
-            json.dump(
-                {"machine": platform.platform(), "cpus": all_cores, "rows": rows}, fh, indent=2
-            )
+        write_rows_json(args.json_path, rows)
+        print(f"\nwrote {args.json_path}")
     return 0
 
 

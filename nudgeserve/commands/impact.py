@@ -13,59 +13,30 @@ calibration. ``impact logs`` computes the same report from exported decision log
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+from nudgeserve.commands._common import finite_float, non_negative_int, positive_int
 
 HELP = "causal impact of interventions (Hillstrom or exported decision logs)"
 
 HILLSTROM_EMAILS = ("Mens E-Mail", "Womens E-Mail")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
 def _name_value(text: str) -> tuple[str, float]:
     name, sep, value = text.rpartition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, _finite_float(value)
+    return name, finite_float(value)
 
 
 def _name_count(text: str) -> tuple[str, int]:
     name, sep, value = text.rpartition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=COUNT, got {text!r}")
-    return name, _non_negative_int(value)
+    return name, non_negative_int(value)
 
 
 def _rule_arguments(parser: argparse.ArgumentParser, *, with_design: bool) -> None:
@@ -85,7 +56,7 @@ def _rule_arguments(parser: argparse.ArgumentParser, *, with_design: bool) -> No
     )
     rule.add_argument(
         "--value",
-        type=_finite_float,
+        type=finite_float,
         default=1.0,
         help="money per unit of the objective, e.g. per visit (default 1.0)",
     )
@@ -98,11 +69,11 @@ def _rule_arguments(parser: argparse.ArgumentParser, *, with_design: bool) -> No
         help="cost per intervention, repeatable (default: 0.05 per e-mail)",
     )
     rule.add_argument(
-        "--threshold", type=_finite_float, default=0.0, help="net value to exceed (default 0)"
+        "--threshold", type=finite_float, default=0.0, help="net value to exceed (default 0)"
     )
     rule.add_argument(
         "--confidence",
-        type=_finite_float,
+        type=finite_float,
         default=0.8,
         help="act when P(net value > threshold) >= this, in [0.5, 1) (default 0.8)",
     )
@@ -115,19 +86,19 @@ def _rule_arguments(parser: argparse.ArgumentParser, *, with_design: bool) -> No
         rule.add_argument("--control", default="No E-Mail", help="the no-intervention action")
         rule.add_argument(
             "--holdout-share",
-            type=_finite_float,
+            type=finite_float,
             default=0.1,
             help="share of units the rule held out (default 0.1)",
         )
         rule.add_argument(
             "--explore-share",
-            type=_finite_float,
+            type=finite_float,
             default=0.0,
             help="share of units given a uniformly random action (default 0)",
         )
         rule.add_argument("--salt", default="intervention", help="the per-unit hash's salt")
         rule.add_argument(
-            "--hash-seed", type=_non_negative_int, default=0, help="the per-unit hash's seed"
+            "--hash-seed", type=non_negative_int, default=0, help="the per-unit hash's seed"
         )
         rule.add_argument(
             "--daily-cap",
@@ -143,17 +114,17 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("estimation and output")
     out.add_argument(
         "--n-bootstrap",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="bootstrap replicates for policy values, differences and losses (default 1000)",
     )
     out.add_argument(
         "--qini-resamples",
-        type=_positive_int,
+        type=positive_int,
         default=200,
         help="bootstrap resamples and random rankings for the Qini (default 200)",
     )
-    out.add_argument("--seed", type=_non_negative_int, default=0, help="bootstrap seed")
+    out.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed")
     out.add_argument(
         "--plots", type=Path, default=None, metavar="DIR", help="write PNG plots into DIR"
     )
@@ -179,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     hill.add_argument(
         "--calibration-groups",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         help="groups per e-mail for the interval calibration (default 10: deciles)",
     )
@@ -200,9 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Train K uplift models on bootstrap resamples of the Hillstrom "
         "training split; fit and check the interval calibration.",
     )
-    ens.add_argument("--members", type=_positive_int, default=8, help="models (default 8)")
-    ens.add_argument("--epochs", type=_positive_int, default=30, help="maximum epochs (30)")
-    ens.add_argument("--seed", type=_non_negative_int, default=0, help="member k: seed + k")
+    ens.add_argument("--members", type=positive_int, default=8, help="models (default 8)")
+    ens.add_argument("--epochs", type=positive_int, default=30, help="maximum epochs (30)")
+    ens.add_argument("--seed", type=non_negative_int, default=0, help="member k: seed + k")
     ens.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ens.add_argument(
         "--out",
@@ -210,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("checkpoints"),
         help="folder for hillstrom_ensemble.safetensors / .json (default ./checkpoints)",
     )
-    ens.add_argument("--max-rows", type=_positive_int, default=None, help="first N rows only")
+    ens.add_argument("--max-rows", type=positive_int, default=None, help="first N rows only")
     ens.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

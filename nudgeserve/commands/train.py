@@ -11,40 +11,22 @@ import shlex
 import sys
 from pathlib import Path
 
+from nudgeserve.commands._common import non_negative_int, positive_int
+
 HELP = "train a model on the shipped real data (obd | hillstrom)"
 
 DATASETS = ("obd", "hillstrom")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=DATASETS, help="which model to train")
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="maximum epochs (early stopping may end sooner; default: obd 40, hillstrom 30)",
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -59,13 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--bootstrap",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="bootstrap resamples for the evaluation intervals (default 1000)",
     )
     parser.add_argument(
         "--max-rows",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="train on the first N rows only (quick runs)",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import torch
@@ -33,6 +34,8 @@ from .specs import (
 )
 
 DEFAULT_CHECKPOINTS = ("obd", "hillstrom")
+
+_Metadata = TypeVar("_Metadata", bound=msgspec.Struct)
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -101,40 +104,93 @@ def save_checkpoint(module: nn.Module, metadata: CheckpointMetadata, path: str |
     path: the checkpoint's stem or either file name; parent folders are created.
     Returns the weights path.
     """
-    weights_path, metadata_path = checkpoint_paths(path)
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         name: tensor.detach().to("cpu").contiguous() for name, tensor in module.state_dict().items()
     }
+    return write_weights_and_metadata(path, state, metadata, kind=metadata.kind)
+
+
+def write_weights_and_metadata(
+    path: str | Path,
+    state: dict[str, torch.Tensor],
+    metadata: msgspec.Struct,
+    *,
+    kind: str,
+    **fields: object,
+) -> Path:
+    """Write ``state`` as ``<path>.safetensors`` and ``metadata`` as ``<path>.json``.
+
+    state: CPU, contiguous tensors by name. The metadata written has ``weights_sha256``
+    set to the written file's digest, plus any ``fields`` replaced. Parent folders are
+    created; returns the weights path.
+    """
+    weights_path, metadata_path = checkpoint_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
     # Written through bytes (not save_file) so the file gets the usual umask permissions.
-    weights_path.write_bytes(save(state, metadata={"kind": metadata.kind}))
-    metadata = msgspec.structs.replace(metadata, weights_sha256=file_sha256(weights_path))
+    weights_path.write_bytes(save(state, metadata={"kind": kind}))
+    metadata = msgspec.structs.replace(metadata, **fields, weights_sha256=file_sha256(weights_path))
     metadata_path.write_bytes(msgspec.json.format(msgspec.json.encode(metadata), indent=2) + b"\n")
     return weights_path
+
+
+def read_versioned_metadata(
+    metadata_path: Path, metadata_type: type[_Metadata], format_version: int, what: str
+) -> _Metadata:
+    """Decode ``metadata_path`` as ``metadata_type`` once its ``format_version`` matches.
+
+    The version is read first so a file from another release gets a message naming the
+    version rather than a field-by-field validation error. ``what`` ("checkpoint",
+    "ensemble") names the file in every CheckpointError raised.
+    """
+    try:
+        raw = metadata_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} metadata {metadata_path} does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {what} metadata {metadata_path}: {exc}") from None
+    try:
+        version = msgspec.json.decode(raw, type=dict).get("format_version")
+    except msgspec.DecodeError as exc:
+        raise CheckpointError(f"{what} metadata {metadata_path} is not JSON: {exc}") from None
+    if version != format_version:
+        raise CheckpointError(
+            f"{what} {metadata_path} has format_version {version!r}; this nudgeserve reads "
+            f"{format_version}"
+        )
+    try:
+        return msgspec.json.decode(raw, type=metadata_type)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise CheckpointError(f"{what} metadata {metadata_path} is invalid: {exc}") from None
+
+
+def load_verified_weights(
+    weights_path: Path, expected_sha256: str, what: str
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights_path`` on CPU, after its SHA-256 matched the metadata's.
+
+    The digest is checked before safetensors parses the file, so a truncated or swapped
+    file is refused with a message saying so, not with a parser error.
+    """
+    if not weights_path.is_file():
+        raise CheckpointError(f"{what} weights {weights_path} do not exist")
+    digest = file_sha256(weights_path)
+    if digest != expected_sha256:
+        raise CheckpointError(
+            f"{what} weights {weights_path} are corrupt or belong to another {what} "
+            f"(sha256 {digest[:12]}..., metadata says {expected_sha256[:12]}...)"
+        )
+    try:
+        return load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {what} weights {weights_path}: {exc}") from None
 
 
 def read_metadata(path: str | Path) -> CheckpointMetadata:
     """The metadata of a checkpoint, validated; raises CheckpointError."""
     _, metadata_path = checkpoint_paths(path)
-    try:
-        raw = metadata_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint metadata {metadata_path} does not exist") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint metadata {metadata_path}: {exc}") from None
-    try:
-        version = msgspec.json.decode(raw, type=dict).get("format_version")
-    except msgspec.DecodeError as exc:
-        raise CheckpointError(f"checkpoint metadata {metadata_path} is not JSON: {exc}") from None
-    if version != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {metadata_path} has format_version {version!r}; this nudgeserve reads "
-            f"{CHECKPOINT_FORMAT_VERSION}"
-        )
-    try:
-        return msgspec.json.decode(raw, type=CheckpointMetadata)
-    except (msgspec.ValidationError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint metadata {metadata_path} is invalid: {exc}") from None
+    return read_versioned_metadata(
+        metadata_path, CheckpointMetadata, CHECKPOINT_FORMAT_VERSION, "checkpoint"
+    )
 
 
 def load_checkpoint(
@@ -168,18 +224,7 @@ def load_checkpoint(
                 f"checkpoint {weights_path} was trained with a different feature spec ({listed})",
                 differences,
             )
-    if not weights_path.is_file():
-        raise CheckpointError(f"checkpoint weights {weights_path} do not exist")
-    digest = file_sha256(weights_path)
-    if digest != metadata.weights_sha256:
-        raise CheckpointError(
-            f"checkpoint weights {weights_path} are corrupt or belong to another checkpoint "
-            f"(sha256 {digest[:12]}..., metadata says {metadata.weights_sha256[:12]}...)"
-        )
-    try:
-        state = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint weights {weights_path}: {exc}") from None
+    state = load_verified_weights(weights_path, metadata.weights_sha256, "checkpoint")
     module = build_module(metadata)
     try:
         module.load_state_dict(state, strict=True)

@@ -58,6 +58,7 @@ from .intervention import (
     HOLDOUT,
     REASONS,
     InterventionConfig,
+    _float_array,
     assign_branches,
     decide_from_ensemble,
 )
@@ -400,18 +401,6 @@ def _as_int(name: str, x: Any, n: int | None = None) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _as_float(name: str, x: Any, shape: tuple[int, ...]) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite (found NaN or infinity)")
-    return a
-
-
 def aipw_scores(
     action: np.ndarray, propensity: np.ndarray, y: np.ndarray, q: np.ndarray | None, n_actions: int
 ) -> np.ndarray:
@@ -525,12 +514,12 @@ def impact_report(
     policy_action = _as_int("policy_action", policy_action, n)
     if policy_action.min() < 0 or policy_action.max() >= n_actions:
         raise ValueError(f"policy_action must index config.treatments [0, {n_actions})")
-    propensity = _as_float("propensity", propensity, (n,))
+    propensity = _float_array("propensity", propensity, (n,))
     if propensity.min() <= 0 or propensity.max() > 1:
         raise ValueError("propensity must be in (0, 1]")
     if not isinstance(outcomes, Mapping) or not outcomes:
         raise TypeError("outcomes must be a non-empty mapping of name -> float[n]")
-    ys = {name: _as_float(f"outcomes[{name!r}]", y, (n,)) for name, y in outcomes.items()}
+    ys = {name: _float_array(f"outcomes[{name!r}]", y, (n,)) for name, y in outcomes.items()}
     if config.objective not in ys:
         raise ValueError(
             f"outcomes must include the objective {config.objective!r}; got {sorted(ys)}"
@@ -539,7 +528,7 @@ def impact_report(
     if predicted is not None:
         for name, q in predicted.items():
             if name in ys:
-                qs[name] = _as_float(f"predicted[{name!r}]", q, (n, n_actions))
+                qs[name] = _float_array(f"predicted[{name!r}]", q, (n, n_actions))
     rand = np.ones(n, dtype=bool) if randomized is None else np.asarray(randomized)
     if rand.dtype != bool or rand.shape != (n,):
         raise ValueError(f"randomized must be bool[{n}], got {rand.dtype} {rand.shape}")

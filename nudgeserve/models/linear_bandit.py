@@ -73,7 +73,7 @@ import numpy as np
 # per-row streams the kernel samplers use, so a decision's seed reproduces a Thompson draw
 # as it reproduces a kernel's slate.
 from nudgeserve.kernels import _rng, epsilon_greedy_slate, topk
-from nudgeserve.kernels.sampling import check_seeds
+from nudgeserve.kernels.sampling import check_epsilon, check_seeds
 
 from .errors import InvalidFeatures, InvalidFeatureType
 
@@ -379,9 +379,9 @@ class LinearBandit:
         """
         x = self._check_x(x)
         alpha = _check_positive(alpha, "alpha", allow_zero=True)
-        eps = _check_positive(epsilon, "epsilon", allow_zero=True)
-        if eps > 1.0:
-            raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
+        # The same check epsilon_greedy_slate applies, so this table and linucb_slate
+        # accept exactly the same epsilons.
+        eps = check_epsilon(epsilon)
         scores = self._ucb(x, alpha).astype(np.float32)
         greedy, _ = topk(scores, k, mask)
         n_rows, n_cols = scores.shape

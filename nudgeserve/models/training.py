@@ -501,6 +501,31 @@ def uplift_loss(model: UpliftModel, data: dict, rows: torch.Tensor | None = None
     return (loss + conversion * deviance).mean()
 
 
+def hillstrom_splits(
+    max_rows: int | None, split: tuple[float, float, float], split_seed: int
+) -> tuple[HillstromData, HillstromData, HillstromData, HillstromData]:
+    """``(data, train, validation, test)``: the shipped Hillstrom rows (the first
+    ``max_rows`` when given), split stratified by arm x visit with ``split`` fractions."""
+    full = load_hillstrom()
+    data = full if max_rows is None else full.take(slice(0, max_rows))
+    train_rows, val_rows, test_rows = stratified_split(
+        hillstrom_strata(data), split, seed=split_seed
+    )
+    return data, data.take(train_rows), data.take(val_rows), data.take(test_rows)
+
+
+def hillstrom_base_rates(train: HillstromData) -> tuple[float, float, float]:
+    """``(visit rate, conversion rate given a visit, mean spend given a conversion)`` of
+    ``train``: the uplift model's starting biases. The conversion rate is floored at 1e-3
+    and the spend defaults to 100 so a sample without conversions still gives finite logs."""
+    converters = train.spend[train.conversion == 1]
+    return (
+        float(train.visit.mean()),
+        max(float(train.conversion.sum() / max(train.visit.sum(), 1)), 1e-3),
+        float(converters.mean()) if converters.size else 100.0,
+    )
+
+
 def train_hillstrom(
     config: HillstromTrainConfig | None = None, *, command: str = ""
 ) -> TrainResult:
@@ -509,18 +534,9 @@ def train_hillstrom(
     started = time.perf_counter()
     generator = _seed_everything(config.seed)
     device = select_device(config.device)
-    full = load_hillstrom()
-    data = full if config.max_rows is None else full.take(slice(0, config.max_rows))
-    train_rows, val_rows, test_rows = stratified_split(
-        hillstrom_strata(data), config.split, seed=config.split_seed
-    )
-    train, val, test = data.take(train_rows), data.take(val_rows), data.take(test_rows)
+    data, train, val, test = hillstrom_splits(config.max_rows, config.split, config.split_seed)
     spec = HillstromFeaturizer.fit_spec(train, n_buckets=config.n_buckets)
     featurizer = HillstromFeaturizer(spec)
-    visit_rate = float(train.visit.mean())
-    conversion_given_visit = float(train.conversion.sum() / max(train.visit.sum(), 1))
-    converters = train.spend[train.conversion == 1]
-    spend_given_conversion = float(converters.mean()) if converters.size else 100.0
     model = UpliftModel(
         n_categorical=len(spec.categorical_names),
         n_buckets=spec.n_buckets,
@@ -528,7 +544,7 @@ def train_hillstrom(
         n_treatments=len(spec.treatments),
         embedding_dim=config.embedding_dim,
         hidden=config.hidden,
-        base_rates=(visit_rate, max(conversion_given_visit, 1e-3), spend_given_conversion),
+        base_rates=hillstrom_base_rates(train),
     ).to(device)
     tr = _hillstrom_tensors(featurizer, train, device)
     va = _hillstrom_tensors(featurizer, val, device)

@@ -40,20 +40,17 @@ import msgspec
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import nn
 
 from nudgeserve import __version__
 
-from .checkpoint import checkpoint_paths
-from .datasets import (
-    HillstromData,
-    file_sha256,
-    hillstrom_strata,
-    load_hillstrom,
-    stratified_split,
+from .checkpoint import (
+    checkpoint_paths,
+    load_verified_weights,
+    read_versioned_metadata,
+    write_weights_and_metadata,
 )
+from .datasets import HillstromData
 from .errors import CheckpointError
 from .evaluation import ate_difference_in_means
 from .features import HillstromFeatures, HillstromFeaturizer
@@ -72,6 +69,8 @@ from .training import (
     _hillstrom_tensors,
     _seed_everything,
     fit,
+    hillstrom_base_rates,
+    hillstrom_splits,
     uplift_loss,
 )
 
@@ -378,19 +377,14 @@ def save_uplift_ensemble(
 ) -> Path:
     """Write every member's weights into one ``<path>.safetensors`` (keys
     ``member<k>.<param>``) and the metadata to ``<path>.json``; returns the weights path."""
-    weights_path, metadata_path = checkpoint_paths(path)
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         f"member{k}.{name}": tensor.detach().to("cpu").contiguous()
         for k, member in enumerate(members)
         for name, tensor in member.state_dict().items()
     }
-    weights_path.write_bytes(save(state, metadata={"kind": ENSEMBLE_KIND}))
-    metadata = msgspec.structs.replace(
-        metadata, n_members=len(members), weights_sha256=file_sha256(weights_path)
+    return write_weights_and_metadata(
+        path, state, metadata, kind=ENSEMBLE_KIND, n_members=len(members)
     )
-    metadata_path.write_bytes(msgspec.json.format(msgspec.json.encode(metadata), indent=2) + b"\n")
-    return weights_path
 
 
 def default_ensemble_path() -> Path:
@@ -402,23 +396,9 @@ def default_ensemble_path() -> Path:
 def read_ensemble_metadata(path: str | Path) -> UpliftEnsembleMetadata:
     """The ensemble's metadata, validated; raises CheckpointError."""
     _, metadata_path = checkpoint_paths(path)
-    try:
-        raw = metadata_path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read ensemble metadata {metadata_path}: {exc}") from None
-    try:
-        version = msgspec.json.decode(raw, type=dict).get("format_version")
-    except msgspec.DecodeError as exc:
-        raise CheckpointError(f"ensemble metadata {metadata_path} is not JSON: {exc}") from None
-    if version != ENSEMBLE_FORMAT_VERSION:
-        raise CheckpointError(
-            f"ensemble {metadata_path} has format_version {version!r}; this nudgeserve reads "
-            f"{ENSEMBLE_FORMAT_VERSION}"
-        )
-    try:
-        return msgspec.json.decode(raw, type=UpliftEnsembleMetadata)
-    except (msgspec.ValidationError, ValueError) as exc:
-        raise CheckpointError(f"ensemble metadata {metadata_path} is invalid: {exc}") from None
+    return read_versioned_metadata(
+        metadata_path, UpliftEnsembleMetadata, ENSEMBLE_FORMAT_VERSION, "ensemble"
+    )
 
 
 def load_uplift_ensemble(
@@ -428,18 +408,7 @@ def load_uplift_ensemble(
     path = default_ensemble_path() if path is None else Path(path)
     weights_path, _ = checkpoint_paths(path)
     metadata = read_ensemble_metadata(path)
-    if not weights_path.is_file():
-        raise CheckpointError(f"ensemble weights {weights_path} do not exist")
-    digest = file_sha256(weights_path)
-    if digest != metadata.weights_sha256:
-        raise CheckpointError(
-            f"ensemble weights {weights_path} are corrupt or belong to another ensemble "
-            f"(sha256 {digest[:12]}..., metadata says {metadata.weights_sha256[:12]}...)"
-        )
-    try:
-        state = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read ensemble weights {weights_path}: {exc}") from None
+    state = load_verified_weights(weights_path, metadata.weights_sha256, "ensemble")
     members = []
     for k in range(metadata.n_members):
         prefix = f"member{k}."
@@ -741,22 +710,12 @@ def train_uplift_ensemble(
     config = config or EnsembleTrainConfig()
     started = time.perf_counter()
     device = select_device(config.device)
-    full = load_hillstrom()
-    data = full if config.max_rows is None else full.take(slice(0, config.max_rows))
-    train_rows, val_rows, test_rows = stratified_split(
-        hillstrom_strata(data), config.split, seed=config.split_seed
-    )
-    train, val, test = data.take(train_rows), data.take(val_rows), data.take(test_rows)
+    data, train, val, test = hillstrom_splits(config.max_rows, config.split, config.split_seed)
     # Fitted on the whole training split (not a resample) so every member shares the
     # featurizer, which the stacked module and the server's single featurize need.
     spec = HillstromFeaturizer.fit_spec(train, n_buckets=config.n_buckets)
     featurizer = HillstromFeaturizer(spec)
-    converters = train.spend[train.conversion == 1]
-    base_rates = (
-        float(train.visit.mean()),
-        max(float(train.conversion.sum() / max(train.visit.sum(), 1)), 1e-3),
-        float(converters.mean()) if converters.size else 100.0,
-    )
+    base_rates = hillstrom_base_rates(train)
     validation = _hillstrom_tensors(featurizer, val, device)
     members, seeds, best_epochs = [], [], []
     for k in range(config.n_members):

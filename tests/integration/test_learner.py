@@ -2,15 +2,13 @@
 the documented staleness bound, and a learner process that dies loses nothing and counts
 nothing twice.
 
-One Ray for the module (2 CPUs, temp dir under the repository's ``.ray/``), stopped by the
-fixture's finalizer.
+One Ray for the module (``local_ray`` in conftest.py), stopped at its end.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +26,7 @@ from nudgeserve.serve.learner import (
 
 ray = pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[2]
+RAY_TEMP_NAME = "lrn"
 CATALOG = tuple(str(i) for i in range(5))
 DIM = 2
 # Slack for Ray's calls and process scheduling on a loaded 2-core machine, on top of the
@@ -37,22 +35,10 @@ SLACK_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    temp = REPO / ".ray" / "lrn"
-    temp.mkdir(parents=True, exist_ok=True)
-    ray.init(
-        num_cpus=2,
-        _temp_dir=str(temp),
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+def local_ray(local_ray):
     # The replica class below lives in this test module, which Ray's workers cannot import.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    return local_ray
 
 
 class Replica:

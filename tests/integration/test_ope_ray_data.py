@@ -1,7 +1,6 @@
 """The Ray Data evaluator over Parquet gives the in-memory estimator's numbers.
 
-Starts one local Ray (2 CPUs, temp dir under the repository's ``.ray/``) for the module
-and stops it at the end.
+One local Ray for the module (``local_ray`` in conftest.py), stopped at its end.
 """
 
 from __future__ import annotations
@@ -19,26 +18,16 @@ ray = pytest.importorskip("ray")
 
 from nudgeserve.serve.ope_ray_data import evaluate_parquet_ray  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+RAY_TEMP_NAME = "ope"
 N_ROWS = 12_000
 N_BOOT = 120
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    temp = REPO / ".ray" / "ope"
-    temp.mkdir(parents=True, exist_ok=True)
-    ray.init(
-        num_cpus=2,
-        _temp_dir=str(temp),
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+def local_ray(local_ray):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    yield
-    ray.shutdown()
+    return local_ray
 
 
 @pytest.fixture(scope="module")
