@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "evaluate", "off-policy evaluation on OBD logs or exported decision logs"),
     ("export", "export", "export joined decisions and outcomes to Parquet"),
     ("impact", "impact", "causal impact of interventions (Hillstrom or exported logs)"),
+    ("replay", "replay", "replay held-out Hillstrom customers through a running server"),
 ]
 
 

@@ -4,7 +4,10 @@
 ``bts``): the other logged policy, whose on-policy click rate is then known and printed
 beside the estimates, or our click model ranking greedily or by softmax. ``evaluate
 parquet`` estimates the policy whose probabilities an export carries (``eval_probs``)
-from joined decision logs, in one process or with Ray Data (``--ray``).
+from joined decision logs, in one process or with Ray Data (``--ray``). ``evaluate logs``
+reads the server's own decision log (SQLite), replays a candidate policy of a served
+model over the logged decisions and estimates it; ``--export`` also writes those rows
+as Parquet for ``evaluate parquet --ray``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 
 HELP = "off-policy evaluation: estimate a policy's reward from logged decisions"
 
-SOURCES = ("obd", "parquet")
+SOURCES = ("obd", "parquet", "logs")
+LOG_POLICIES = ("greedy", "epsilon_greedy", "softmax")
 OBD_POLICIES = ("bts", "random", "model-greedy", "model-softmax")
 
 
@@ -212,6 +216,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _common(parquet)
 
+    logs = sub.add_parser(
+        "logs",
+        help="the server's own decision log (SQLite), replaying a policy of a served model",
+        description="Estimate what a candidate policy of a served model would have earned "
+        "on the decisions the server logged (off-policy, from the logged slot propensities).",
+    )
+    logs.add_argument("--db", required=True, type=Path, help="the decision log's SQLite file")
+    logs.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the server's config file (default: $NUDGESERVE_CONFIG, else the built-in "
+        "defaults): which use cases and checkpoints exist",
+    )
+    logs.add_argument("--use-case", default="obd", help="the use case whose decisions to use")
+    logs.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the model that replays the policy (default: the use case's); only decisions "
+        "this checkpoint made are used",
+    )
+    logs.add_argument(
+        "--policy",
+        choices=LOG_POLICIES,
+        default="greedy",
+        help="the candidate policy: greedy (the k best scores), epsilon_greedy "
+        "(--epsilon), softmax (a Plackett-Luce slate at --temperature, k <= 3)",
+    )
+    logs.add_argument("--epsilon", type=float, default=0.1, help="epsilon_greedy's epsilon")
+    logs.add_argument(
+        "--temperature", type=_positive_float, default=1.0, help="softmax's temperature"
+    )
+    logs.add_argument(
+        "--reward",
+        default=None,
+        metavar="KIND",
+        help="the outcome kind that is the reward (default: the use case's learning.reward)",
+    )
+    logs.add_argument("--experiment", default=None, help="only this experiment's decisions")
+    logs.add_argument(
+        "--variant", default=None, help="only this arm's decisions (with --experiment)"
+    )
+    logs.add_argument(
+        "--since", default=None, help="first decision time (as `nudgeserve export --since`)"
+    )
+    logs.add_argument("--until", default=None, help="decisions before this time only")
+    logs.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the evaluation rows (decision_id, action, position, reward, "
+        "propensity, eval_probs, reward_hat) as Parquet for `evaluate parquet [--ray]`",
+    )
+    _common(logs)
+
 
 def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.confidence < 1.0:
@@ -221,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        report = run_obd(args) if args.source == "obd" else run_parquet(args)
+        runner = {"obd": run_obd, "parquet": run_parquet, "logs": run_logs}[args.source]
+        report = runner(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"nudgeserve evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -557,6 +618,103 @@ def run_parquet(args: argparse.Namespace) -> dict[str, Any]:
             "confidence": args.confidence,
             "seed": args.seed,
             "reward_column": args.reward_column,
+        },
+    }
+
+
+# ---------------------------------------------------------------------- own decision log
+
+
+def run_logs(args: argparse.Namespace) -> dict[str, Any]:
+    import msgspec
+
+    from nudgeserve.commands.export import parse_time
+    from nudgeserve.models import ope
+    from nudgeserve.serve import _env
+    from nudgeserve.serve.config import default_config, load_config
+    from nudgeserve.serve.reports import ope_logs, read_decisions
+    from nudgeserve.serve.usecases import build_engine
+
+    path = args.config or _env.config_path()
+    config = load_config(path).app if path is not None else default_config()
+    try:
+        settings = config.use_case(args.use_case)
+    except KeyError:
+        known = ", ".join(u.name for u in config.use_cases)
+        raise ValueError(f"--use-case {args.use_case!r} is not configured ({known})") from None
+    if args.checkpoint is not None:
+        settings = msgspec.structs.replace(settings, checkpoint=args.checkpoint)
+    if args.variant is not None and args.experiment is None:
+        raise ValueError("--variant needs --experiment")
+    if not 0.0 <= args.epsilon <= 1.0:
+        raise ValueError(f"--epsilon must be in [0, 1], got {args.epsilon}")
+    reward = args.reward or settings.learning.reward
+    since = None if args.since is None else parse_time(args.since)
+    until = None if args.until is None else parse_time(args.until)
+    logged = read_decisions(
+        args.db, use_case=settings.name, experiment=args.experiment, since=since, until=until
+    )
+    if args.variant is not None:
+        logged.records = [r for r in logged.records if r.variant == args.variant]
+    engine = build_engine(settings)
+    engine.load(device="cpu", warm=False)
+    params = {"epsilon": args.epsilon} if args.policy == "epsilon_greedy" else {}
+    if args.policy == "softmax":
+        params = {"temperature": args.temperature}
+    # The OBD click model predicts the reward (a click) of every candidate; Hillstrom's
+    # scores are net gains in another unit, so no reward model there.
+    with_model = engine.info.kind == "obd" and reward == "click"
+    replayed = ope_logs(logged, engine, args.policy, reward, with_reward_model=with_model, **params)
+    if len(replayed.logs) == 0:
+        raise ValueError(
+            f"no decisions of use case {settings.name!r} made by checkpoint "
+            f"{engine.info.checkpoint_id} in {args.db} (with the filters given; "
+            f"{replayed.skipped} decisions of other checkpoints)"
+        )
+    notes = [
+        f"replayed with checkpoint {engine.info.checkpoint_id}; {replayed.decisions} decisions "
+        f"used, {replayed.skipped} of other checkpoints skipped",
+        "rows are decision slots; propensities are the logged slot marginals",
+        "bootstrap resamples whole decisions (rows keyed by decision_id)",
+    ]
+    if args.export is not None:
+        import pyarrow.parquet as pq
+
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(ope.logs_to_table(replayed.logs), args.export)
+        notes.append(f"evaluation rows written to {args.export}")
+    estimators = args.estimators
+    stats = ope.logs_statistics(
+        replayed.logs,
+        with_reward_model=with_model
+        and (estimators is None or bool(set(estimators) & ope.REQUIRES_REWARD_MODEL)),
+        max_weight=args.max_weight,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+    )
+    results = ope.summarize(stats, estimators, confidence=args.confidence, min_ess=args.min_ess)
+    described = {
+        "greedy": "the model's k best-scoring candidates",
+        "epsilon_greedy": f"greedy, or a uniformly random slate with probability {args.epsilon}",
+        "softmax": f"a Plackett-Luce slate from softmax(score / {args.temperature})",
+    }[args.policy]
+    return {
+        "source": "logs",
+        "logs": str(args.db),
+        "rows": stats.n,
+        "policy": f"{settings.name}: {args.policy}",
+        "policy_description": described,
+        "truth": None,
+        "truth_description": None,
+        "logging_policy_value": ope.logging_policy_value(stats, confidence=args.confidence),
+        "results": results,
+        "notes": notes,
+        "settings": {
+            "reward": reward,
+            "max_weight": args.max_weight,
+            "n_bootstrap": args.n_bootstrap,
+            "confidence": args.confidence,
+            "seed": args.seed,
         },
     }
 

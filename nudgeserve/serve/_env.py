@@ -30,6 +30,8 @@ ENV_DIRECT_INGRESS_MIN_HTTP_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
 ENV_DIRECT_INGRESS_MAX_HTTP_PORT = "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"
 # How often Ray's processes push metrics to the node's exporter (ms).
 ENV_METRICS_REPORT_INTERVAL_MS = "RAY_metrics_report_interval_ms"
+# The admin token of admin routes (POST /v1/models/{m}/load); wins over the config's.
+ENV_ADMIN_TOKEN = "NUDGESERVE_ADMIN_TOKEN"
 
 
 def _get(name: str) -> str | None:
@@ -47,6 +49,11 @@ def ray_temp_dir(default: Path) -> Path:
     """``NUDGESERVE_RAY_TEMP_DIR``, else ``default``."""
     value = _get(ENV_RAY_TEMP_DIR)
     return Path(value) if value else default
+
+
+def admin_token() -> str | None:
+    """``NUDGESERVE_ADMIN_TOKEN``, or None when unset or empty."""
+    return _get(ENV_ADMIN_TOKEN)
 
 
 def ray_address() -> str | None:

@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -103,12 +104,21 @@ class LocalServer:
     temp_dir: Path
     started_ray: bool
     decision_log: str | None = None
+    config: Any = None
 
     def stop(self) -> None:
-        """Shut the application down, and Ray if this process started it."""
+        """Shut the application down (its learners save their state first), and Ray if
+        this process started it."""
         import ray
         from ray import serve
 
+        if self.config is not None:
+            from .bandits import stop_learners
+
+            try:
+                stop_learners(self.config)
+            except Exception as exc:  # the state is a cache of the log: warn, go on
+                print(f"nudgeserve: could not stop the learners cleanly: {exc}", flush=True)
         with contextlib.suppress(Exception):
             serve.shutdown()
         if self.started_ray:
@@ -194,6 +204,7 @@ def start_local(
             if config.decision_log.enabled
             else None
         ),
+        config=config,
     )
     try:
         serve.start(http_options={"host": host, "port": proxy_port})

@@ -57,7 +57,8 @@ class ServeMetrics:
     route and code; request_latency: receive-to-answer seconds by route; stage_latency:
     seconds per stage (decode, featurize, model, select, encode) by use case; batch_size:
     requests per batch by use case and method; queue_depth: requests waiting in this
-    replica for their batch, by use case.
+    replica for their batch, by use case; log_queue: writes waiting for the decision
+    log's writer; learner_staleness: age of the replica's bandit snapshot.
     """
 
     def __init__(self) -> None:
@@ -71,6 +72,7 @@ class ServeMetrics:
             null = _Null()
             self.requests = self.errors = self.request_latency = null
             self.stage_latency = self.batch_size = self.queue_depth = null
+            self.log_queue = self.learner_staleness = null
             return
         from ray.util.metrics import Counter, Gauge, Histogram
 
@@ -105,6 +107,17 @@ class ServeMetrics:
         self.queue_depth = Gauge(
             "nudgeserve_queue_depth",
             description="Requests waiting in a replica for their batch, by use case.",
+            tag_keys=("use_case",),
+        )
+        self.log_queue = Gauge(
+            "nudgeserve_decision_log_queue_depth",
+            description="Writes waiting for the replica's decision-log writer, by use case.",
+            tag_keys=("use_case",),
+        )
+        self.learner_staleness = Gauge(
+            "nudgeserve_learner_staleness_seconds",
+            description="Age of the bandit snapshot a replica decides with (since its "
+            "last successful fetch from the learner), by use case.",
             tag_keys=("use_case",),
         )
 

@@ -16,26 +16,32 @@ Routes:
     POST /v2/repository/index
     POST /v1/decide                               JSON or msgpack
     POST /v1/feedback                             JSON or msgpack, one event or a list
+    POST /v1/models/{m}/load                      admin: serve another checkpoint/version
+    GET  /v1/experiments/{id}/report              arms, rates, lift, off-policy estimates
     GET  /openapi.json | /metrics
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 import zlib
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from starlette.responses import Response
 
 from nudgeserve import __version__
 
+from . import _env
 from ._metrics import ServeMetrics, fetch_metrics, local_metrics_url
 from .config import ServeConfig
 from .decision_api import openapi_document
 from .errors import (
+    ConfigError,
+    Forbidden,
     InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
@@ -48,8 +54,10 @@ from .errors import (
 )
 from .feedback import FeedbackService
 from .kserve import HEADER_LENGTH, ModelStatistics, V2Codec, server_metadata
-from .serving import DecisionService, media_type
-from .usecases import UseCaseInfo, describe
+from .model_versions import ModelChoice, ModelWatch
+from .reports import experiment_report, read_decisions
+from .serving import DecisionService, _field_path, media_type
+from .usecases import UseCaseInfo, build_engine, describe
 
 JSON_TYPE = "application/json"
 # Ray Serve's logger: lines go to the replica's log file with its request context.
@@ -71,6 +79,44 @@ def _split(path: str) -> list[str]:
     return [p for p in path.split("/") if p]
 
 
+class LoadRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/models/{m}/load``: the checkpoint to serve (``"default"`` or a
+    path, as the config's ``checkpoint``; omitted: the current one) and the version to
+    answer with (omitted: the current version + 1). At least one of them."""
+
+    checkpoint: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    version: Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,17}$")] | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None and self.version is None:
+            raise ValueError("give checkpoint, version or both")
+
+
+class AdminAuth:
+    """Checks ``Authorization: Bearer <token>`` on admin routes in constant time.
+
+    token: the configured admin token (``NUDGESERVE_ADMIN_TOKEN``, else
+    ``server.admin_token``); None: admin routes are refused (403) to everyone.
+    """
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token.encode() if token else None
+
+    def check(self, header: str | None) -> None:
+        if not header:
+            raise Forbidden("admin route: send Authorization: Bearer <admin token>", 401)
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Forbidden("admin route: the Authorization header must be Bearer <token>", 401)
+        if self._token is None:
+            raise Forbidden(
+                "admin routes are disabled: no admin token is configured "
+                "(NUDGESERVE_ADMIN_TOKEN or server.admin_token)"
+            )
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise Forbidden("admin route: the token is not valid")
+
+
 class Router:
     """Routes one gateway replica's requests (see the module docstring)."""
 
@@ -80,6 +126,14 @@ class Router:
         # The replica's DecisionLog (feedback, reports), or None when logging is disabled.
         self.log = log
         self.feedback_service = FeedbackService(config.decision_log.outcome_kinds)
+        self.admin = AdminAuth(_env.admin_token() or config.server.admin_token)
+        self.settings = {u.name: u for u in config.use_cases}
+        self.experiments = {e.name: e for e in config.experiments}
+        # The model registry's link (set by the gateway); None: reloads reach this
+        # replica only.
+        self.models_watch: ModelWatch | None = None
+        self._replay_engines: dict[str, Any] = {}
+        self._load_body = msgspec.json.Decoder(LoadRequest)
         self.infos: dict[str, UseCaseInfo] = {u.name: describe(u) for u in config.use_cases}
         self.models = {info.model_name: info for info in self.infos.values()}
         self.decisions = DecisionService(self.infos, config.experiments)
@@ -107,6 +161,8 @@ class Router:
     async def handle(self, request: Any) -> Response:
         start = time.perf_counter()
         route = "unknown"
+        if self.models_watch is not None:
+            self.models_watch.poke()
         try:
             route, response = await self._dispatch(request)
         except Exception as exc:  # every failure becomes an HTTP answer, never a crash
@@ -145,6 +201,12 @@ class Router:
         if parts == ["v1", "feedback"]:
             self._allow(method, "POST")
             return "/v1/feedback", await self.feedback(request)
+        if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] == "load":
+            self._allow(method, "POST")
+            return "/v1/models/{m}/load", await self.load_model(request, parts[2])
+        if len(parts) == 4 and parts[:2] == ["v1", "experiments"] and parts[3] == "report":
+            self._allow(method, "GET")
+            return "/v1/experiments/{id}/report", await self.experiment_report(parts[2])
         if parts and parts[0] == "v2":
             return await self._v2(request, method, parts[1:], path)
         if parts == ["openapi.json"]:
@@ -234,6 +296,96 @@ class Router:
         )
         status, answer = self.feedback_service.answer(results, many)
         return Response(self.decisions.encode(answer, fmt), status_code=status, media_type=fmt)
+
+    async def load_model(self, request: Any, model_name: str) -> Response:
+        """Serve another checkpoint (and/or version) of ``model_name`` (admin only)."""
+        self.admin.check(request.headers.get("authorization"))
+        info = self._model(model_name)
+        body = await self.read_body(request)
+        try:
+            wanted = self._load_body.decode(body)
+        except msgspec.ValidationError as exc:
+            field, reason = _field_path(exc)
+            raise InvalidRequest(reason, field) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+        current = self.settings[info.name]
+        checkpoint = wanted.checkpoint or current.checkpoint
+        version = wanted.version or str(int(current.version) + 1)
+        candidate = msgspec.structs.replace(current, checkpoint=checkpoint, version=version)
+        try:
+            describe(candidate)  # the files exist and hold a model of this use case's kind
+        except ConfigError as exc:
+            raise InvalidRequest(str(exc).split(": ", 1)[-1], "checkpoint") from None
+        watch = self.models_watch or ModelWatch.local(self.apply_model)
+        self.models_watch = watch
+        t0 = time.perf_counter()
+        choice = await watch.choose(info.name, checkpoint, version)
+        served = self.infos[info.name]
+        return self._json(
+            {
+                "model_name": served.model_name,
+                "use_case": served.name,
+                "version": served.version,
+                "checkpoint": checkpoint,
+                "model_checkpoint": served.checkpoint_id,
+                "generation": choice.generation,
+                "load_s": time.perf_counter() - t0,
+            }
+        )
+
+    async def apply_model(self, use_case: str, choice: ModelChoice) -> None:
+        """Serve ``choice`` in this replica: its colocated scorer swaps engines (or the
+        use-case deployment is told), then validation and metadata follow."""
+        settings = choice.settings(self.settings[use_case])
+        info = describe(settings)
+        scorer = self.scorers[use_case]
+        await scorer.load_model(choice)
+        self.settings[use_case] = settings
+        self.infos[use_case] = info
+        self.models[info.model_name] = info
+        self._replay_engines.pop(use_case, None)
+
+    async def experiment_report(self, name: str) -> Response:
+        experiment = self.experiments.get(name)
+        if experiment is None:
+            known = ", ".join(sorted(self.experiments)) or "none configured"
+            raise NotFound(f"experiment {name!r} is not configured ({known})")
+        if self.log is None:
+            raise NotReady("no report: the decision log is disabled")
+        engine = await self._replay_engine(experiment.use_case)
+        settings = self.settings[experiment.use_case]
+        kinds = self.config.decision_log.outcome_kinds
+        path = self.log.config.path
+
+        def build() -> dict[str, Any]:
+            logged = read_decisions(path, experiment=name)
+            return experiment_report(
+                logged,
+                experiment,
+                outcome_kinds=kinds,
+                reward_kind=settings.learning.reward,
+                engine=engine,
+                policies=(("greedy", {}), ("epsilon_greedy", {"epsilon": 0.1})),
+                with_reward_model=self.infos[experiment.use_case].kind == "obd",
+            )
+
+        # Reading the log and replaying the model take a while: off the event loop.
+        report = await bounded(asyncio.to_thread(build), 60.0, "the report")
+        return self._json(report)
+
+    async def _replay_engine(self, use_case: str) -> Any:
+        """The model a report replays: the colocated scorer's, else one loaded here."""
+        scorer = self.scorers[use_case]
+        engine = getattr(scorer, "engine", None)
+        if engine is not None:
+            return engine
+        engine = self._replay_engines.get(use_case)
+        if engine is None:
+            engine = build_engine(self.settings[use_case])
+            await asyncio.to_thread(engine.load, "cpu", False)
+            self._replay_engines[use_case] = engine
+        return engine
 
     async def infer(self, request: Any, info: UseCaseInfo) -> Response:
         t0 = time.perf_counter()

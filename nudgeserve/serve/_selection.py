@@ -55,17 +55,17 @@ class SelectionState:
 
     control_index: the control action's column (``control``), or None.
     n_catalog: catalog columns come first; later columns are inline candidates.
-    successes, failures: float64[n_catalog] per-arm reward counts from the learner
-        (``thompson``), or None for none yet.
-    linear: the learner's ``LinearBandit`` snapshot (``linear``), or None.
+    arm_counts: ``key -> (successes, failures)``, float64[n_catalog] per-arm reward
+        counts from the learner for a bandit key (``thompson``), or None: no counts yet.
+    linear: ``key -> LinearBandit`` the learner's linear bandit for a key (``linear``),
+        or None when the use case has none.
     linear_features: ``rows -> float64[len(rows), N, d]`` the bandit's features for
         those batch rows (``linear``), or None when the use case has none.
     """
 
     control_index: int | None = None
     n_catalog: int = 0
-    successes: np.ndarray | None = None
-    failures: np.ndarray | None = None
+    arm_counts: Any = None
     linear: Any = None
     linear_features: Any = None
 
@@ -77,13 +77,15 @@ def select_slates(
     seeds: np.ndarray,
     excluded: np.ndarray | None,
     state: SelectionState | None = None,
+    keys: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``ks[r]`` actions for row r.
 
     scores: float32[B, N]; ks: slate size per row; policies: one per row; seeds:
     uint64[B] (one random stream per row, so a decision is reproducible from its seed);
     excluded: bool[B, N] (True = may not be shown) or None; state: see
-    ``SelectionState``.
+    ``SelectionState``; keys: each row's bandit key (the learner's ``policy_key``: an
+    experiment arm learns from its own traffic only), None = ``""`` for every row.
     Returns (idx int64[B, K], propensity float64[B, K]) with K = max(ks): the slot
     marginals (module docstring); ``-1`` / ``0`` pad slots beyond a row's k or its
     allowed actions.
@@ -93,10 +95,12 @@ def select_slates(
     k_max = max(ks)
     idx = np.full((n_rows, k_max), -1, dtype=np.int64)
     prop = np.zeros((n_rows, k_max), dtype=np.float64)
-    groups: dict[Policy, list[int]] = {}
+    groups: dict[tuple[Policy, str], list[int]] = {}
     for row, policy in enumerate(policies):
-        groups.setdefault(policy, []).append(row)
-    for policy, rows in groups.items():
+        # Bandit policies learn per key; the others ignore it (one kernel call per policy).
+        key = keys[row] if keys is not None and isinstance(policy, Thompson | LinearBandit) else ""
+        groups.setdefault((policy, key), []).append(row)
+    for (policy, key), rows in groups.items():
         take = np.asarray(rows, dtype=np.intp)
         # The group's own largest k: a policy whose cost or exactness depends on k (the
         # Plackett-Luce marginals) never sees another group's.
@@ -106,7 +110,7 @@ def select_slates(
         else:
             sub_scores, sub_seeds = scores[take], seeds[take]
             sub_mask = excluded[take] if excluded is not None else None
-        got_idx, got_prop = _select(sub_scores, k, policy, sub_seeds, sub_mask, state, take)
+        got_idx, got_prop = _select(sub_scores, k, policy, sub_seeds, sub_mask, state, take, key)
         idx[take, :k] = got_idx
         prop[take, :k] = np.nan_to_num(got_prop, nan=0.0)
     return idx, prop
@@ -120,6 +124,7 @@ def _select(
     excluded: np.ndarray | None,
     state: SelectionState,
     rows: np.ndarray,
+    key: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(policy, Greedy):
         idx, _ = topk(scores, k, mask=excluded)
@@ -137,25 +142,26 @@ def _select(
         idx, _ = topk(forced, k, mask=excluded)
         return idx, (idx >= 0).astype(np.float64)
     if isinstance(policy, Thompson):
-        return _thompson(scores.shape, k, policy, seeds, excluded, state)
+        return _thompson(scores.shape, k, policy, seeds, excluded, state, key)
     if isinstance(policy, LinearBandit):
-        return _linear(k, policy, seeds, excluded, state, rows)
+        return _linear(k, policy, seeds, excluded, state, rows, key)
     raise TypeError(f"policy must be one of the configured policy kinds, got {policy!r}")
 
 
-def _thompson(shape, k, policy: Thompson, seeds, excluded, state: SelectionState):
+def _thompson(shape, k, policy: Thompson, seeds, excluded, state: SelectionState, key: str):
     n_cols = shape[1]
     alpha = np.full(n_cols, policy.prior_alpha, dtype=np.float64)
     beta = np.full(n_cols, policy.prior_beta, dtype=np.float64)
-    n = state.n_catalog
-    if state.successes is not None:
-        alpha[:n] += state.successes[:n]
-        beta[:n] += state.failures[:n]
+    counts = state.arm_counts(key) if state.arm_counts is not None else None
+    if counts is not None and len(counts[0]):
+        n = state.n_catalog
+        alpha[:n] += counts[0][:n]
+        beta[:n] += counts[1][:n]
     return thompson_bernoulli_slate(alpha, beta, k, seeds, mask=excluded)
 
 
-def _linear(k, policy: LinearBandit, seeds, excluded, state: SelectionState, rows):
-    bandit = state.linear
+def _linear(k, policy: LinearBandit, seeds, excluded, state: SelectionState, rows, key: str):
+    bandit = state.linear(key) if state.linear is not None else None
     if bandit is None or state.linear_features is None:
         raise ValueError("policy linear needs the learner's linear bandit and the model's features")
     x = state.linear_features(rows)
@@ -247,7 +253,9 @@ def plackett_luce_marginals(
             left[rows, top1, top2] = rest2
             left[rows, top2, top1] = rest2
             pair = np.where(
-                left > 0, (e / total[:, None])[:, :, None] * (e[:, None, :] / others1[:, :, None]), 0.0
+                left > 0,
+                (e / total[:, None])[:, :, None] * (e[:, None, :] / others1[:, :, None]),
+                0.0,
             )
             pair = np.where(left > 0, pair / np.where(left > 0, left, 1.0), 0.0)
             n = e.shape[1]

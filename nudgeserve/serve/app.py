@@ -15,7 +15,7 @@ from ray.serve.config import BackpressureConfig
 
 from . import _env
 from .config import DeploymentSettings, ServeConfig, parse_config
-from .deployments import Gateway, UseCaseScorer, policies_of
+from .deployments import Gateway, UseCaseScorer
 from .errors import ConfigError
 from .usecases import describe
 
@@ -97,9 +97,7 @@ def build_app(config: ServeConfig, *, has_gpus: bool | None = None) -> Any:
                 f"scorer-{settings.name}",
             )
             handles[settings.name] = (
-                serve.deployment(UseCaseScorer)
-                .options(**options)
-                .bind(settings, policies_of(config, settings), config)
+                serve.deployment(UseCaseScorer).options(**options).bind(settings, config)
             )
     else:
         # The scorers run inside the gateway: it reserves what they would have.

@@ -146,6 +146,28 @@ class Batching(_Settings):
     batch_wait_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.002
 
 
+class Learning(_Settings):
+    """Online learning of a use case's bandit policies (``thompson``, ``linear``): one
+    learner actor per use case reads the decision log and replicas serve from its
+    snapshots (``nudgeserve.serve.learner``, which states the staleness bound).
+
+    reward: the outcome kind that is the reward (one of ``decision_log.outcome_kinds``).
+    reward_delay_s: a decision is learned from this long after it was made (its reward
+        window: feedback joined later still reaches the log and reports, not the bandits).
+    poll_interval_s: pause between two reads of the log by the learner.
+    refresh_s: pause between two snapshot fetches by each replica.
+    ridge: the linear bandit's ridge (prior precision, in observations).
+    persist_every_s: how often the learner saves its state under ``state_dir/learner``.
+    """
+
+    reward: Annotated[str, msgspec.Meta(min_length=1)] = "click"
+    reward_delay_s: NonNegativeFloat = 60.0
+    poll_interval_s: PositiveFloat = 1.0
+    refresh_s: PositiveFloat = 1.0
+    ridge: PositiveFloat = 1.0
+    persist_every_s: PositiveFloat = 60.0
+
+
 # --- use cases -----------------------------------------------------------------------------
 
 
@@ -173,6 +195,7 @@ class _UseCase(_Settings):
     deployment: DeploymentSettings = msgspec.field(default_factory=DeploymentSettings)
     policy: Policy = msgspec.field(default_factory=EpsilonGreedy)
     max_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    learning: Learning = msgspec.field(default_factory=Learning)
 
 
 class ObdUseCase(_UseCase, tag="obd", tag_field="kind"):
@@ -198,6 +221,7 @@ class HillstromUseCase(_UseCase, tag="hillstrom", tag_field="kind"):
     treatment_costs: dict[str, NonNegativeFloat] = msgspec.field(default_factory=dict)
     min_gain: float = 0.0
     max_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    learning: Learning = msgspec.field(default_factory=lambda: Learning(reward="conversion"))
 
 
 UseCase = ObdUseCase | HillstromUseCase
@@ -351,12 +375,17 @@ class ServerSettings(_Settings):
         scorers inside the gateway replica (one process hop fewer).
     max_body_bytes: larger request bodies get 413 (checked again after decompression).
     request_timeout_s: a request still waiting for its batch after this gets 503.
+    admin_token: the token admin routes (``POST /v1/models/{m}/load``) require as
+        ``Authorization: Bearer <token>``; the environment variable
+        ``NUDGESERVE_ADMIN_TOKEN`` wins over it (prefer it: config files get shared).
+        Neither set: admin routes are refused.
     """
 
     ingress: Literal["proxy", "direct", "throughput_optimized"] = "throughput_optimized"
     placement: Literal["separate", "colocated"] = "colocated"
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 8 << 20
     request_timeout_s: PositiveFloat = 10.0
+    admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     gateway: DeploymentSettings = msgspec.field(
         default_factory=lambda: DeploymentSettings(num_gpus=0.0, num_cpus=0.5)
     )
@@ -407,9 +436,22 @@ class ServeConfig(_Settings):
                         f"{where} = {v.use_case!r} is not of the experiment's use case's kind "
                         f"({kinds[e.use_case].__struct_config__.tag})"
                     )
+        kinds_logged = self.decision_log.outcome_kinds
         for i, u in enumerate(self.use_cases):
-            for where, policy in self._policies_of(i, u):
+            policies = self._policies_of(i, u)
+            for where, policy in policies:
                 _check_policy(u, where, policy)
+            if u.learning.reward not in kinds_logged:
+                raise ValueError(
+                    f"use_cases[{i}].learning.reward = {u.learning.reward!r} is not one of "
+                    f"decision_log.outcome_kinds {list(kinds_logged)}"
+                )
+            bandits = [w for w, p in policies if isinstance(p, Thompson | LinearBandit)]
+            if bandits and not self.decision_log.enabled:
+                raise ValueError(
+                    f"{bandits[0]}: bandit policies learn from the decision log, but "
+                    "decision_log.enabled is false"
+                )
 
     def _policies_of(self, index: int, settings: UseCase) -> list[tuple[str, Policy]]:
         found = [(f"use_cases[{index}].policy", settings.policy)]
@@ -420,6 +462,13 @@ class ServeConfig(_Settings):
                 if v.policy is not None and (v.use_case or e.use_case) == settings.name:
                     found.append((f"experiments[{i}].variants[{j}].policy", v.policy))
         return found
+
+    def policies_for(self, name: str) -> list[Policy]:
+        """Every policy the use case ``name`` may decide with (its own, its experiments'
+        variants and holdouts), without repeats."""
+        index = next(i for i, u in enumerate(self.use_cases) if u.name == name)
+        found = [p for _, p in self._policies_of(index, self.use_cases[index])]
+        return list(dict.fromkeys(found))
 
     def use_case(self, name: str) -> UseCase:
         for u in self.use_cases:
@@ -614,8 +663,9 @@ def load_config(path: str | Path) -> LoadedConfig:
 
 def default_config() -> ServeConfig:
     """The shipped defaults (the same as ``configs/default.yaml`` in the repository): both
-    use cases on their shipped checkpoints, an OBD exploration experiment and a Hillstrom
-    experiment with a no-e-mail holdout, decisions logged under ``.state``."""
+    use cases on their shipped checkpoints, an OBD experiment (greedy against two online
+    bandits) and a Hillstrom experiment with a no-e-mail holdout, decisions logged under
+    ``.state``."""
     return ServeConfig(
         server=ServerSettings(),
         use_cases=(
@@ -623,7 +673,6 @@ def default_config() -> ServeConfig:
                 name="obd",
                 model_name="obd_click",
                 policy=EpsilonGreedy(epsilon=0.1),
-                max_k=3,
             ),
             HillstromUseCase(
                 name="hillstrom",
@@ -643,7 +692,14 @@ def default_config() -> ServeConfig:
                 variants=(
                     Variant(name="greedy", weight=0.5, policy=Greedy()),
                     Variant(
-                        name="plackett_luce", weight=0.5, policy=PlackettLuce(temperature=0.01)
+                        name="thompson",
+                        weight=0.25,
+                        policy=Thompson(prior_alpha=1.0, prior_beta=100.0),
+                    ),
+                    Variant(
+                        name="linucb",
+                        weight=0.25,
+                        policy=LinearBandit(method="ucb", alpha=0.01, epsilon=0.05),
                     ),
                 ),
             ),

@@ -125,9 +125,22 @@ def openapi_document(use_cases: list[dict[str, Any]], version: str) -> dict[str,
 
     use_cases: ``[{"name", "kind"}]`` of the served use cases (listed in the description).
     """
-    (req, resp, err, ctx_obd, ctx_hill), components = msgspec.json.schema_components(
-        [DecideRequest, DecideResponse, ErrorBody, ObdContext, HillstromContext],
-        ref_template="#/components/schemas/{name}",
+    from .decisions import FeedbackEvent
+    from .feedback import FeedbackResponse
+
+    (req, resp, err, ctx_obd, ctx_hill, event, feedback), components = (
+        msgspec.json.schema_components(
+            [
+                DecideRequest,
+                DecideResponse,
+                ErrorBody,
+                ObdContext,
+                HillstromContext,
+                FeedbackEvent,
+                FeedbackResponse,
+            ],
+            ref_template="#/components/schemas/{name}",
+        )
     )
     # ``context`` is decoded per use case; say which shapes it takes.
     components["DecideRequest"]["properties"]["context"] = {
@@ -142,7 +155,7 @@ def openapi_document(use_cases: list[dict[str, Any]], version: str) -> dict[str,
         }
         for code, text in (
             (400, "a field is malformed or out of range; the message names it"),
-            (404, "use_case names no served use case"),
+            (404, "use_case (or the path) names nothing served"),
             (413, "body larger than server.max_body_bytes"),
             (415, "unsupported Content-Type or Content-Encoding"),
             (503, "overloaded (see Retry-After) or not ready"),
@@ -153,6 +166,95 @@ def openapi_document(use_cases: list[dict[str, Any]], version: str) -> dict[str,
         "content": {
             "application/json": {"schema": req},
             "application/msgpack": {"schema": req},
+        },
+    }
+    both = ("application/json", "application/msgpack")
+    feedback_paths = {
+        "/v1/feedback": {
+            "post": {
+                "summary": "Record outcome events (clicks, visits, conversions, spend) of "
+                "decisions; idempotent per (decision_id, event_id)",
+                "operationId": "feedback",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        m: {"schema": {"oneOf": [event, {"type": "array", "items": event}]}}
+                        for m in both
+                    },
+                },
+                "responses": {
+                    str(code): {
+                        "description": text,
+                        "content": {m: {"schema": feedback} for m in both},
+                    }
+                    for code, text in (
+                        (200, "every event joined (or a duplicate of one already received)"),
+                        (207, "a list whose events fared differently: see each result's code"),
+                        (404, "one event whose decision is unknown (kept, joined later)"),
+                        (422, "one event after the late window or for an action not shown"),
+                    )
+                }
+                | {k: v for k, v in errors.items() if k in ("400", "413", "415", "503")},
+            }
+        },
+        "/v1/experiments/{experiment}/report": {
+            "get": {
+                "summary": "Per arm: decisions, outcome rates with 95% intervals, lift "
+                "against the control arm, off-policy estimates of candidate policies",
+                "operationId": "experimentReport",
+                "parameters": [
+                    {
+                        "name": "experiment",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the report",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "404": errors["404"],
+                },
+            }
+        },
+        "/v1/models/{model}/load": {
+            "post": {
+                "summary": "Serve another checkpoint or version of a model in every replica "
+                "without failing requests (admin: Authorization: Bearer <token>)",
+                "operationId": "loadModel",
+                "parameters": [
+                    {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "checkpoint": {"type": "string"},
+                                    "version": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "now served",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": errors["400"],
+                    "401": {"description": "no bearer token", "content": errors["400"]["content"]},
+                    "403": {
+                        "description": "wrong token, or admin routes disabled",
+                        "content": errors["400"]["content"],
+                    },
+                    "404": errors["404"],
+                },
+            }
         },
     }
     return {
@@ -179,7 +281,8 @@ def openapi_document(use_cases: list[dict[str, Any]], version: str) -> dict[str,
                         **errors,
                     },
                 }
-            }
+            },
+            **feedback_paths,
         },
         "components": {"schemas": components},
     }

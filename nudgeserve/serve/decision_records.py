@@ -20,6 +20,7 @@ A record holds (``nudgeserve.serve.decisions.DecisionRecord``):
 from __future__ import annotations
 
 import math
+
 from .config import (
     Control,
     EpsilonGreedy,
@@ -122,4 +123,3 @@ class RecordBuilder:
                 )
             )
         return out
-

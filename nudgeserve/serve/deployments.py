@@ -12,20 +12,25 @@ serving logic (``serving``, ``kserve``) and items to the scorers.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 from ray import serve
 
-import logging
-import time
-
 from ._metrics import ServeMetrics
-from .config import Policy, ServeConfig, UseCase
+from .bandits import BanditFeed, connect_learner
+from .config import ServeConfig, UseCase
 from .decision_records import RecordBuilder
 from .errors import DecisionNotLogged, Overloaded
+from .model_versions import ModelChoice, ModelWatch
 from .usecases import DecisionItem, DecisionOutcome, InferOutcome, build_engine
 
 logger = logging.getLogger("ray.serve")
+
+# ``UseCaseScorer``'s decision_log argument: open the replica's own log from the config.
+OWN_LOG = "own"
 
 
 def open_decision_log(config: ServeConfig) -> Any:
@@ -45,27 +50,47 @@ def open_decision_log(config: ServeConfig) -> Any:
 class UseCaseScorer:
     """Batched scoring for one use case (a deployment body, or embedded in the gateway).
 
-    settings: the use case's settings; policies: every policy its decisions may use
-    (experiment variants included) so warm-up touches each.
-    decision_log: a ``ServeConfig`` (this replica opens and owns its own log, placement
+    settings: the use case's settings; config: the whole configuration (every policy the
+    use case may decide with is warmed up; the learner and the decision log come from it).
+    decision_log: ``OWN_LOG`` (this replica opens and owns its own log: placement
     ``separate``), an open ``DecisionLog`` shared with the gateway (``colocated``), or
     None: decisions are not logged.
 
     Every decision of a batch is committed to the log (``append_many_async``) before any
     answer of the batch is returned; if that fails, every request of the batch fails
     with ``DecisionNotLogged`` (503): a decision is never answered without its record.
+
+    ``load_model`` swaps in another checkpoint without failing a request: the new engine
+    loads and warms up in a worker thread while batches keep running on the old one,
+    then one assignment replaces it between two batches (a running batch keeps the
+    engine it started with).
     """
 
     def __init__(
-        self, settings: UseCase, policies: tuple[Policy, ...] = (), decision_log: Any = None
+        self,
+        settings: UseCase,
+        config: ServeConfig | None = None,
+        decision_log: Any = OWN_LOG,
+        learner: bool = True,
     ) -> None:
         self.settings = settings
-        self._owns_log = isinstance(decision_log, ServeConfig)
-        self.log = open_decision_log(decision_log) if self._owns_log else decision_log
-        self.engine = build_engine(settings)
-        self.engine.extra_policies = tuple(policies)
-        self.warmup_s = self.engine.load()
-        self.records = RecordBuilder(self.engine.info)
+        self.config = config
+        self._owns_log = decision_log == OWN_LOG
+        if self._owns_log:
+            decision_log = open_decision_log(config) if config is not None else None
+        self.log = decision_log
+        self.policies = tuple(config.policies_for(settings.name)) if config else ()
+        engine = self._build(settings)
+        self.warmup_s = engine.load()
+        # (engine, record builder): replaced together, in one assignment, by a reload.
+        self.current = (engine, RecordBuilder(engine.info))
+        self.feed = connect_learner(config, settings) if learner and config else BanditFeed()
+        # A use-case deployment's replicas follow reloads through the model registry; in
+        # the gateway, the gateway's own watch drives its scorers.
+        self.watch: ModelWatch | None = None
+        if self._owns_log and config is not None:
+            self.watch = ModelWatch.for_config(config, self._apply_choice)
+        self._reload_lock = asyncio.Lock()
         batching = settings.batching
         for method in (self._decide_batch, self._infer_batch):
             method.set_max_batch_size(batching.max_batch_size)
@@ -74,6 +99,53 @@ class UseCaseScorer:
         self._tags = {"use_case": settings.name}
         self._waiting = 0
 
+    def _build(self, settings: UseCase):
+        engine = build_engine(settings)
+        engine.extra_policies = self.policies
+        return engine
+
+    @property
+    def engine(self):
+        """The engine that scores the next batch."""
+        return self.current[0]
+
+    async def load_model(self, choice: ModelChoice) -> dict[str, Any]:
+        """Serve ``choice``'s checkpoint and version from the next batch on (see the class
+        docstring); returns what is served and how long loading took. A failed load
+        leaves the current model serving."""
+        async with self._reload_lock:
+            engine = self.engine
+            if choice.applies_to(engine.settings):
+                return self.describe_model()
+            settings = choice.settings(self.settings)
+            t0 = time.perf_counter()
+            new = self._build(settings)
+            # Off the event loop: the replica keeps serving with the old engine meanwhile.
+            await asyncio.to_thread(new.load)
+            self.current = (new, RecordBuilder(new.info))
+            logger.info(
+                "use case %s now serves version %s (checkpoint %s), loaded in %.2f s",
+                settings.name,
+                new.info.version,
+                new.info.checkpoint_id,
+                time.perf_counter() - t0,
+            )
+            return {**self.describe_model(), "load_s": time.perf_counter() - t0}
+
+    async def _apply_choice(self, use_case: str, choice: ModelChoice) -> None:
+        if use_case == self.settings.name:
+            await self.load_model(choice)
+
+    def describe_model(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {
+            "use_case": info.name,
+            "model_name": info.model_name,
+            "version": info.version,
+            "model_checkpoint": info.checkpoint_id,
+            "checkpoint": self.engine.settings.checkpoint,
+        }
+
     async def ready(self) -> dict[str, Any]:
         """The loaded model's name and version, and warm-up seconds per step."""
         info = self.engine.info
@@ -81,6 +153,8 @@ class UseCaseScorer:
 
     async def decide(self, item: DecisionItem) -> DecisionOutcome:
         """Score and select one decision (joins the current batch)."""
+        if self.watch is not None:
+            self.watch.poke()
         self._waiting += 1
         try:
             return await self._decide_batch(item)
@@ -100,29 +174,44 @@ class UseCaseScorer:
     # release the GIL while they compute.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
-        engine = self.engine  # one engine per batch, even if a reload swaps it meanwhile
+        return await self.decide_and_log(items)
+
+    async def decide_and_log(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        """One batch: score and select, then commit every decision to the log; raises
+        (failing the whole batch) rather than return a decision that is not logged."""
+        # One engine per batch, even if a reload swaps it meanwhile.
+        engine, records = self.current
+        engine.bandit = self.feed.snapshot()
         outcomes = engine.decide_batch(items)
         if self.log is not None:
-            await self._log(items, outcomes)
+            await self._log(records, items, outcomes)
+            self.metrics.log_queue.set(self.log.stats().queue_depth, tags=self._tags)
+        if self.feed.client is not None:
+            self.metrics.learner_staleness.set(self.feed.staleness_s(), tags=self._tags)
         self._record(outcomes[0].times if outcomes else None, "decide")
         return outcomes
 
-    async def _log(self, items: list[DecisionItem], outcomes: list[DecisionOutcome]) -> None:
+    async def _log(
+        self, builder: RecordBuilder, items: list[DecisionItem], outcomes: list[DecisionOutcome]
+    ) -> None:
         try:
-            records = self.records.records(items, outcomes, time.time())
+            records = builder.records(items, outcomes, time.time())
             await self.log.append_many_async(records)
         except Overloaded:
             raise  # the log's queue is full: 503 with Retry-After, as any full queue
         except Exception as exc:
             logger.error("decision log refused a batch of %d decisions", len(items), exc_info=exc)
             raise DecisionNotLogged(
-                f"the decision could not be logged ({type(exc).__name__}: {exc}); it was not "
-                "served"
+                f"the decision could not be logged ({type(exc).__name__}: {exc}); it was not served"
             ) from None
 
     def close(self) -> None:
-        """Drain and close the decision log this scorer owns (idempotent)."""
-        if self._owns_log and self.log is not None:
+        """Stop the learner feed and drain and close the decision log this scorer owns
+        (idempotent)."""
+        feed = getattr(self, "feed", None)
+        if feed is not None:
+            feed.close()
+        if getattr(self, "_owns_log", False) and self.log is not None:
             self.log.close()
 
     def __del__(self) -> None:
@@ -164,6 +253,10 @@ class _Remote:
     async def ready(self) -> dict[str, Any]:
         return await self.handle.ready.remote()
 
+    async def load_model(self, choice: ModelChoice) -> dict[str, Any]:
+        # Reaches one replica of the deployment; the others follow the model registry.
+        return await self.handle.load_model.remote(choice)
+
 
 class Gateway:
     """The HTTP ingress (see ``_router.Router`` for the routes)."""
@@ -180,10 +273,10 @@ class Gateway:
             if settings.name in handles:
                 scorers[settings.name] = _Remote(handles[settings.name])
             else:
-                scorers[settings.name] = UseCaseScorer(
-                    settings, policies_of(config, settings), self.log
-                )
+                scorers[settings.name] = UseCaseScorer(settings, config, self.log)
         self.router = Router(config, scorers, self.log)
+        # Reloads reach every replica through the model registry (``model_versions``).
+        self.router.models_watch = ModelWatch.for_config(config, self.router.apply_model)
 
     async def __call__(self, request: Any) -> Any:
         return await self.router.handle(request)
@@ -191,18 +284,14 @@ class Gateway:
     def __del__(self) -> None:
         # Ray Serve calls this on a graceful stop (SIGTERM to `nudgeserve run`, `serve
         # shutdown`), after the replica's ongoing requests drained: write what is queued.
+        router = getattr(self, "router", None)
+        if router is not None:
+            for scorer in router.scorers.values():
+                if isinstance(scorer, UseCaseScorer):
+                    scorer.close()
         log = getattr(self, "log", None)
         if log is not None:
             log.close()
 
     # No check_health: a use-case deployment still loading (or restarting) must not get
     # the gateway restarted; /v2/health/ready reports the scorers instead.
-
-
-def policies_of(config: ServeConfig, settings: UseCase) -> tuple[Policy, ...]:
-    """Every policy ``settings``' decisions may use: its own and its experiments'."""
-    found = [settings.policy]
-    for e in config.experiments:
-        if e.use_case == settings.name:
-            found += [v.policy for v in e.variants if v.policy is not None]
-    return tuple(dict.fromkeys(found))

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from .config import Control, Experiment, Policy, Variant
+from .config import Control, Experiment, Variant
 from .decision_api import (
     CONTEXT_TYPES,
     DecideRequest,
@@ -110,7 +110,10 @@ class DecisionService:
         self.experiments = {e.name: e for e in experiments}
         for e in experiments:
             for v in e.variants:
-                if v.use_case is not None and infos[v.use_case].catalog != infos[e.use_case].catalog:
+                if (
+                    v.use_case is not None
+                    and infos[v.use_case].catalog != infos[e.use_case].catalog
+                ):
                     where = f"experiments[{e.name}].variants[{v.name}].use_case"
                     raise ConfigError(
                         f"{where}: use case {v.use_case!r} chooses among other actions than "

@@ -131,6 +131,7 @@ class UseCaseInfo:
     accepts_inline: bool
     n_user_fields: int = 0
     control_index: int | None = None
+    bandit_dim: int = 0
 
     @property
     def n_catalog(self) -> int:
@@ -209,6 +210,7 @@ def describe(settings: UseCase) -> UseCaseInfo:
             signature=signature,
             accepts_inline=True,
             n_user_fields=n_fields,
+            bandit_dim=metadata.architecture.dim + 1,
         )
     assert isinstance(settings, HillstromUseCase)
     unknown = set(settings.treatment_costs) - set(spec.treatments)
@@ -266,11 +268,12 @@ class _Engine:
         self.scorer: Any = None
         # Policies of experiment variants, warmed up too (set before ``load``).
         self.extra_policies: tuple[Policy, ...] = ()
-        # The learner's state for this use case, replaced whole by the replica when a
-        # newer snapshot arrives (see ``deployments``): per-arm reward counts
-        # (successes, failures: float64[n_catalog]) and the linear bandit.
-        self.arm_counts: tuple[np.ndarray, np.ndarray] | None = None
-        self.linear_bandit: Any = None
+        # The learner's latest ``BanditSnapshot`` for this use case (per-arm reward
+        # counts, linear bandits by key), set by the replica before each batch; None:
+        # no learner, the policies' priors. linear_prior: the linear bandit before any
+        # feedback (also used when the snapshot was learned on another model's features).
+        self.bandit: Any = None
+        self.linear_prior: Any = None
 
     def _load_checkpoint(self):
         from nudgeserve.models import load_checkpoint
@@ -322,17 +325,24 @@ class _Engine:
 
         ks = [item.k for item in items]
         seeds = np.fromiter((item.seed for item in items), dtype=np.uint64, count=len(items))
-        counts = self.arm_counts
+        snap = self.bandit
+        linear = None
+        if self.linear_prior is not None:
+            if snap is not None and snap.feature_space == self.info.checkpoint_id:
+                linear = snap.linear_bandit
+            else:
+                # Learned on another model's features (or nothing learned): the prior.
+                linear = lambda key: self.linear_prior  # noqa: E731
         state = SelectionState(
             control_index=self.info.control_index,
             n_catalog=self.info.n_catalog,
-            successes=None if counts is None else counts[0],
-            failures=None if counts is None else counts[1],
-            linear=self.linear_bandit,
+            arm_counts=None if snap is None else snap.arm_counts,
+            linear=linear,
             linear_features=linear_features,
         )
         policies = [item.policy for item in items]
-        return select_slates(scores, ks, policies, seeds, excluded, state)
+        keys = [bandit_key(item) for item in items]
+        return select_slates(scores, ks, policies, seeds, excluded, state, keys)
 
 
 def _catalog_mask(items: list[DecisionItem], n_rows: int, n_cols: int, n_catalog: int):
@@ -388,8 +398,10 @@ class ObdEngine(_Engine):
 
     settings: ObdUseCase
 
-    def load(self, device: str | None = None) -> dict[str, float]:
-        """Load weights onto ``device`` (default: the setting) and warm up."""
+    def load(self, device: str | None = None, warm: bool = True) -> dict[str, float]:
+        """Load weights onto ``device`` (default: the setting) and warm up (unless
+        ``warm`` is False: for offline replay, where first-call latency does not matter).
+        Returns seconds per warm-up step."""
         from nudgeserve.models import ObdScorer
 
         self.loaded = self._load_checkpoint()
@@ -403,9 +415,8 @@ class ObdEngine(_Engine):
 
         with torch.inference_mode():
             self._catalog_vectors = self.loaded.module.item_vectors().numpy().astype(np.float64)
-        if self.linear_bandit is None:
-            self.linear_bandit = initial_linear_bandit(self._catalog_vectors.shape[1])
-        return self.warmup()
+        self.linear_prior = initial_linear_bandit(self._catalog_vectors.shape[1])
+        return self.warmup() if warm else {}
 
     def example_item(self, policy: Policy) -> DecisionItem:
         n_fields = self.info.n_user_fields
@@ -649,20 +660,22 @@ class _InlineItems:
         return probs.numpy().astype(np.float32)
 
     def scores_from_table(self, user_buckets: np.ndarray, logged: np.ndarray) -> np.ndarray:
-        """``scores`` from logged inline features: float32[n, 4] rows of raw
-        ``item_feature_0`` and the three hashed categorical buckets."""
-        from nudgeserve.models import ObdItemTable
+        """``scores`` from logged inline features (``logged_table``)."""
+        return self.scores(user_buckets, self.logged_table(logged))
 
+    def logged_table(self, logged: np.ndarray):
+        """The ``ObdItemTable`` of inline items from their logged features: float32[n, 4]
+        rows of raw ``item_feature_0`` and the three hashed categorical buckets."""
         from nudgeserve.kernels import standardize
+        from nudgeserve.models import ObdItemTable
 
         mean = np.asarray(self.spec.item_numeric_mean, np.float32)
         std = np.asarray(self.spec.item_numeric_std, np.float32)
         numeric = standardize(np.ascontiguousarray(logged[:, :1], dtype=np.float32), mean, std)
-        table = ObdItemTable(
+        return ObdItemTable(
             categorical_buckets=logged[:, 1:].astype(np.int64),
             numeric=np.ascontiguousarray(numeric, dtype=np.float32),
         )
-        return self.scores(user_buckets, table)
 
 
 class HillstromEngine(_Engine):
@@ -671,7 +684,8 @@ class HillstromEngine(_Engine):
 
     settings: HillstromUseCase
 
-    def load(self, device: str | None = None) -> dict[str, float]:
+    def load(self, device: str | None = None, warm: bool = True) -> dict[str, float]:
+        """Load weights onto ``device`` and warm up (see ``ObdEngine.load``)."""
         from nudgeserve.models import HillstromScorer
 
         self.loaded = self._load_checkpoint()
@@ -687,7 +701,7 @@ class HillstromEngine(_Engine):
         )
         self.numeric_names = tuple(spec.numeric_names)
         self.categorical_names = tuple(spec.categorical_names)
-        return self.warmup()
+        return self.warmup() if warm else {}
 
     def example_item(self, policy: Policy) -> DecisionItem:
         return DecisionItem(
@@ -791,6 +805,15 @@ class HillstromEngine(_Engine):
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         return check_outcomes(out, len(requests))
+
+
+def bandit_key(item: DecisionItem) -> str:
+    """The learner's key for the item's bandit state (``learner.policy_key``): ``""``
+    outside experiments, else ``"experiment/variant"``."""
+    meta = item.meta
+    if meta is None or not meta.experiment:
+        return ""
+    return f"{meta.experiment}/{meta.variant}"
 
 
 def initial_linear_bandit(dim: int, ridge: float = 1.0) -> Any:

@@ -72,6 +72,7 @@ def args(**kw):
         "ray_temp_dir": None,
         "num_cpus": None,
         "check": True,
+        "state_dir": None,
     }
     return argparse.Namespace(**{**base, **kw})
 
@@ -80,6 +81,15 @@ def test_run_check_validates_without_starting(capsys):
     assert run_command.run(args(config=ROOT / "configs" / "default.yaml")) == 0
     out = capsys.readouterr().out
     assert "obd: model obd_click version 1" in out and "config OK" in out
+
+
+def test_run_state_dir_moves_the_decision_log(tmp_path, capsys):
+    assert run_command.run(args(state_dir=tmp_path / "state")) == 0
+    assert f"decision log: {tmp_path / 'state' / 'decisions.sqlite'}" in capsys.readouterr().out
+    (tmp_path / "file").write_text("")
+    assert run_command.run(args(state_dir=tmp_path / "file")) == 2
+    err = capsys.readouterr().err
+    assert "--state-dir" in err and "not a directory" in err
 
 
 def test_run_refuses_a_bad_config_with_its_setting(tmp_path, capsys):

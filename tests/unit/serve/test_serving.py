@@ -83,8 +83,8 @@ def test_default_k_is_the_slate_size(service, infos):
 @pytest.mark.parametrize(
     ("fields", "field", "fragment"),
     [
-        ({"k": 0}, "k", "must be in [1, 3]"),
-        ({"k": 4}, "k", "max_k 3"),
+        ({"k": 0}, "k", "must be in [1, 10]"),
+        ({"k": 11}, "k", "max_k 10"),
         ({"k": 3, "candidates": [{"id": 1}, {"id": 2}]}, "k", "2 candidates"),
         ({"k": "3"}, "k", "Expected `int | null`, got `str`"),
         ({"candidates": []}, "candidates", "must not be empty"),
@@ -226,11 +226,22 @@ def test_variant_assignment_is_deterministic_and_follows_weights():
     assert [assign_variant(salted, f"unit-{i}").name for i in range(4000)] != first
 
 
-def test_experiment_policy_reaches_the_item(service):
-    item, pending = prepare(service, experiment="obd_exploration", unit_id="customer-42")
-    assert pending.experiment == "obd_exploration"
-    assert pending.variant in ("greedy", "plackett_luce")
-    assert pending.policy == pending.variant
+def test_experiment_policy_reaches_the_item(service, config):
+    experiment = config.experiments[0]
+    policies = {v.name: v.policy for v in experiment.variants}
+    seen = set()
+    for i in range(40):
+        item, pending = prepare(service, experiment="obd_exploration", unit_id=f"customer-{i}")
+        assert pending.experiment == "obd_exploration"
+        assert item.policy == policies[pending.variant]
+        assert pending.variant == assign_variant(experiment, f"customer-{i}").name
+        assert (item.meta.unit_id, item.meta.experiment, item.meta.variant) == (
+            f"customer-{i}",
+            "obd_exploration",
+            pending.variant,
+        )
+        seen.add(pending.variant)
+    assert seen == set(policies)  # 40 units reach every arm (shares 1/2, 1/4, 1/4)
 
 
 def test_answer_maps_indices_back_to_ids(service, engines):
@@ -275,4 +286,10 @@ def test_openapi_document_describes_the_api():
     } <= set(schemas)
     assert "oneOf" in schemas["DecideRequest"]["properties"]["context"]
     assert schemas["DecideRequest"]["required"] == ["use_case", "context"]
+    assert "propensity_kind" in schemas["DecideResponse"]["properties"]
+    feedback = doc["paths"]["/v1/feedback"]["post"]
+    assert {"200", "207", "404", "422", "400"} <= set(feedback["responses"])
+    assert schemas["FeedbackEvent"]["required"] == ["decision_id", "event_id", "kind"]
+    assert "/v1/experiments/{experiment}/report" in doc["paths"]
+    assert {"401", "403"} <= set(doc["paths"]["/v1/models/{model}/load"]["post"]["responses"])
     json.dumps(doc)  # serialisable as served
