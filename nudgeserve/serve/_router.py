@@ -344,6 +344,8 @@ class Router:
         self.settings[use_case] = settings
         self.infos[use_case] = info
         self.models[info.model_name] = info
+        # Statistics restart with the version they describe (Triton's are per version).
+        self.stats[info.model_name] = ModelStatistics(info.model_name, info.version)
         self._replay_engines.pop(use_case, None)
 
     async def experiment_report(self, name: str) -> Response:
