@@ -531,22 +531,31 @@ def test_reload_with_requests_in_flight_fails_none(tmp_path):
     reload_body = json.dumps({"checkpoint": "default", "version": "2"}).encode()
 
     async def scenario():
-        async def one(i):
-            await asyncio.sleep(0.002 * i)
-            return await acall(router, "POST", "/v1/decide", payload)
+        # Requests every 2 ms before, during and after the reload.
+        tasks = []
 
-        tasks = [asyncio.create_task(one(i)) for i in range(120)]
-        await asyncio.sleep(0.01)
-        reload = await acall(
-            router,
-            "POST",
-            "/v1/models/obd_click/load",
-            reload_body,
-            {"authorization": f"Bearer {ADMIN}"},
+        async def send(n):
+            for _ in range(n):
+                tasks.append(asyncio.create_task(acall(router, "POST", "/v1/decide", payload)))
+                await asyncio.sleep(0.002)
+
+        await send(10)
+        await asyncio.wait(tasks)  # some answered by the old model for sure
+        reload_task = asyncio.create_task(
+            acall(
+                router,
+                "POST",
+                "/v1/models/obd_click/load",
+                reload_body,
+                {"authorization": f"Bearer {ADMIN}"},
+            )
         )
+        while not reload_task.done():
+            await send(1)
+        await send(10)
         answers = await asyncio.gather(*tasks)
         after = await acall(router, "POST", "/v1/decide", payload)
-        return reload, answers, after
+        return reload_task.result(), answers, after
 
     try:
         reload, answers, after = asyncio.run(scenario())
@@ -703,3 +712,32 @@ def test_evaluate_logs_replays_a_policy_over_the_servers_log(tmp_path, capsys):
     assert "--variant needs --experiment" in capsys.readouterr().err
     assert evaluate.run(parse("logs", "--db", db, "--use-case", "nope")) == 2
     assert "--use-case 'nope' is not configured" in capsys.readouterr().err
+
+
+def test_a_variant_can_decide_with_another_model_version(tmp_path):
+    config = configured(tmp_path)
+    obd = config.use_case("obd")
+    newer = msgspec.structs.replace(obd, name="obd_v2", model_name="obd_click_v2", version="2")
+    experiment = Experiment(
+        name="models",
+        use_case="obd",
+        salt="models",
+        variants=(
+            Variant(name="v1", weight=0.5),
+            Variant(name="v2", weight=0.5, use_case="obd_v2"),
+        ),
+    )
+    config = msgspec.structs.replace(config, use_cases=(obd, newer), experiments=(experiment,))
+    log = open_decision_log(config)
+    scorers = {u.name: DirectScorer(u, config, log, learner=False) for u in config.use_cases}
+    router = Router(config, scorers, log)
+    try:
+        seen = {}
+        for i in range(20):
+            d = decide(router, unit_id=f"unit-{i}", experiment="models")
+            seen[d["variant"]] = (d["use_case"], d["model_version"])
+            assert d["variant"] == assign_variant(experiment, f"unit-{i}").name
+            assert log.get_decision(d["decision_id"]).model_version == d["model_version"]
+    finally:
+        log.close()
+    assert seen == {"v1": ("obd", "1"), "v2": ("obd_v2", "2")}
