@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,6 +96,10 @@ def prepare_environment(ingress: str, port: int, temp_dir: Path) -> dict[str, st
     return changed
 
 
+# Longest wait for the learners to save their state when the application stops.
+LEARNER_STOP_TIMEOUT_S = 20.0
+
+
 @dataclass
 class LocalServer:
     """A running application; ``url`` is where clients connect."""
@@ -115,10 +120,25 @@ class LocalServer:
         if self.config is not None:
             from .bandits import stop_learners
 
-            try:
-                stop_learners(self.config)
-            except Exception as exc:  # the state is a cache of the log: warn, go on
-                print(f"nudgeserve: could not stop the learners cleanly: {exc}", flush=True)
+            def save_learners() -> None:
+                try:
+                    stop_learners(self.config)
+                except Exception as exc:  # the state is a cache of the log: warn, go on
+                    print(f"nudgeserve: could not stop the learners cleanly: {exc}", flush=True)
+
+            # Bounded: when a signal sent to the whole process group has already ended
+            # Ray's raylet, looking the learner actor up never returns, and a stop must
+            # not hang. The learner's state is a cache of the decision log, so skipping
+            # its save loses nothing that cannot be relearned.
+            saver = threading.Thread(target=save_learners, name="stop-learners", daemon=True)
+            saver.start()
+            saver.join(LEARNER_STOP_TIMEOUT_S)
+            if saver.is_alive():
+                print(
+                    f"nudgeserve: learners did not stop within {LEARNER_STOP_TIMEOUT_S:.0f} s; "
+                    "going on (their state is rebuilt from the decision log)",
+                    flush=True,
+                )
         with contextlib.suppress(Exception):
             serve.shutdown()
         if self.started_ray:
