@@ -354,6 +354,13 @@ def replay(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         return replay(args)
+    except ConnectionError as exc:
+        print(
+            f"nudgeserve replay: error: cannot reach {args.url} ({exc.strerror or exc}); "
+            "is `nudgeserve run` serving there?",
+            file=sys.stderr,
+        )
+        return 2
     except (ReplayError, ValueError, OSError) as exc:
         print(f"nudgeserve replay: error: {exc}", file=sys.stderr)
         return 2

@@ -15,9 +15,11 @@ Routes:
     POST /v2/models/{m}[/versions/{v}]/infer      JSON or binary tensors
     POST /v2/repository/index
     POST /v1/decide                               JSON or msgpack
+    POST /v1/decide/batch                         intervention use cases: many units at once
     POST /v1/feedback                             JSON or msgpack, one event or a list
     POST /v1/models/{m}/load                      admin: serve another checkpoint/version
     GET  /v1/experiments/{id}/report              arms, rates, lift, off-policy estimates
+    GET  /v1/experiments/{id}/impact              intervention experiments: causal impact
     GET  /openapi.json | /metrics
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 import zlib
 from typing import Annotated, Any
@@ -198,6 +201,9 @@ class Router:
         if parts[:2] == ["v1", "decide"] and len(parts) == 2:
             self._allow(method, "POST")
             return "/v1/decide", await self.decide(request)
+        if parts == ["v1", "decide", "batch"]:
+            self._allow(method, "POST")
+            return "/v1/decide/batch", await self.decide_batch(request)
         if parts == ["v1", "feedback"]:
             self._allow(method, "POST")
             return "/v1/feedback", await self.feedback(request)
@@ -207,6 +213,11 @@ class Router:
         if len(parts) == 4 and parts[:2] == ["v1", "experiments"] and parts[3] == "report":
             self._allow(method, "GET")
             return "/v1/experiments/{id}/report", await self.experiment_report(parts[2])
+        if len(parts) == 4 and parts[:2] == ["v1", "experiments"] and parts[3] == "impact":
+            self._allow(method, "GET")
+            return "/v1/experiments/{id}/impact", await self.experiment_impact(
+                parts[2], request.scope.get("query_string", b"")
+            )
         if parts and parts[0] == "v2":
             return await self._v2(request, method, parts[1:], path)
         if parts == ["openapi.json"]:
@@ -283,6 +294,28 @@ class Router:
         )
         payload = self.decisions.encode(self.decisions.respond(pending, outcome), fmt)
         self.metrics.stage_latency.observe(t1 - t0, tags=self._decode_tags[pending.info.name])
+        return Response(payload, media_type=fmt)
+
+    async def decide_batch(self, request: Any) -> Response:
+        """Intervention decisions for many units in one call (``serving.prepare_batch``)."""
+        fmt = media_type(request.headers.get("content-type"))
+        body = await self.read_body(request)
+        decoded = self.decisions.decode_batch(body, fmt)
+        interventions = getattr(self.settings.get(decoded.use_case), "interventions", None)
+        max_units = interventions.max_batch_units if interventions is not None else 0
+        pending = self.decisions.prepare_batch(decoded, max_units)
+        outcome = await bounded(
+            self.scorers[pending.info.name].decide_units(
+                pending.columns,
+                pending.unit_ids,
+                pending.given_unit_ids,
+                pending.decision_ids,
+                pending.dry_run,
+            ),
+            self.timeout_s,
+            "the batch of decisions",
+        )
+        payload = self.decisions.encode(self.decisions.respond_batch(pending, outcome), fmt)
         return Response(payload, media_type=fmt)
 
     async def feedback(self, request: Any) -> Response:
@@ -374,6 +407,54 @@ class Router:
 
         # Reading the log and replaying the model take a while: off the event loop.
         report = await bounded(asyncio.to_thread(build), 60.0, "the report")
+        return self._json(report)
+
+    async def experiment_impact(self, name: str, query: bytes) -> Response:
+        """The causal impact of an intervention experiment from the log (query: see
+        ``impact_query``); 404 when it has no decisions in the window."""
+        use_case = next(
+            (u for u, info in self.infos.items() if info.intervention_experiment == name), None
+        )
+        if use_case is None:
+            known = sorted(
+                i.intervention_experiment for i in self.infos.values() if i.intervention_experiment
+            )
+            hint = f"; {name!r} is an experiment with a report" if name in self.experiments else ""
+            raise NotFound(
+                f"experiment {name!r} is not an intervention experiment (intervention "
+                f"experiments: {', '.join(known) or 'none configured'}){hint}"
+            )
+        if self.log is None:
+            raise NotReady("no impact report: the decision log is disabled")
+        # Imported here: the intervention code pulls in the models (torch), which only
+        # this route of the router needs.
+        from .interventions import NoDecisions, experiment_impact
+
+        params = impact_query(query)
+        engine = await self._replay_engine(use_case)
+        path = self.log.config.path
+
+        def build() -> dict[str, Any]:
+            logged = read_decisions(
+                path, experiment=name, since=params["since"], until=params["until"]
+            )
+            try:
+                out = experiment_impact(
+                    logged,
+                    engine.interventions,
+                    experiment=name,
+                    feedback_only=params["feedback_only"],
+                    n_bootstrap=params["n_bootstrap"],
+                    qini_resamples=params["qini_resamples"],
+                    seed=params["seed"],
+                )
+            except NoDecisions as exc:
+                raise NotFound(f"experiment {name!r}: {exc}") from None
+            out["since"], out["until"] = params["since"], params["until"]
+            return out
+
+        # Reading the log, replaying the ensemble and bootstrapping: off the event loop.
+        report = await bounded(asyncio.to_thread(build), 120.0, "the impact report")
         return self._json(report)
 
     async def _replay_engine(self, use_case: str) -> Any:
@@ -497,6 +578,63 @@ class Router:
                 f"unsupported encoding {encoding!r}; use gzip, deflate or none", "Content-Encoding"
             )
         return _inflate(body, encoding, limit)
+
+
+# Query parameters of GET /v1/experiments/{id}/impact: (kind, default, low, high).
+_IMPACT_PARAMS: dict[str, tuple[str, Any, float, float]] = {
+    "feedback_only": ("bool", False, 0, 0),
+    "since": ("time", None, 0, 0),
+    "until": ("time", None, 0, 0),
+    "n_bootstrap": ("int", 200, 10, 10_000),
+    "qini_resamples": ("int", 100, 10, 2_000),
+    "seed": ("int", 0, 0, 2**32 - 1),
+}
+
+
+def impact_query(query: bytes) -> dict[str, Any]:
+    """The impact route's parameters with their defaults; InvalidRequest naming a bad one.
+
+    feedback_only: only decisions with joined feedback (what a replay leaves);
+    since / until: epoch seconds bounding the decisions' time; n_bootstrap,
+    qini_resamples, seed: the estimation's resampling.
+    """
+    from urllib.parse import parse_qsl
+
+    out = {name: spec[1] for name, spec in _IMPACT_PARAMS.items()}
+    seen: set[str] = set()
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        spec = _IMPACT_PARAMS.get(name)
+        if spec is None:
+            raise InvalidRequest(
+                f"is not a parameter of this route; known: {', '.join(_IMPACT_PARAMS)}", name
+            )
+        if name in seen:
+            raise InvalidRequest("is given twice", name)
+        seen.add(name)
+        kind, _, low, high = spec
+        if kind == "bool":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise InvalidRequest(f"must be true or false, got {value!r}", name)
+            out[name] = value.lower() in ("true", "1")
+        elif kind == "time":
+            try:
+                t = float(value)
+            except ValueError:
+                raise InvalidRequest(f"must be epoch seconds, got {value!r}", name) from None
+            if not math.isfinite(t):
+                raise InvalidRequest(f"must be finite, got {value!r}", name)
+            out[name] = t
+        else:
+            try:
+                n = int(value)
+            except ValueError:
+                raise InvalidRequest(f"must be an integer, got {value!r}", name) from None
+            if not low <= n <= high:
+                raise InvalidRequest(f"must be in [{low}, {high}], got {n}", name)
+            out[name] = n
+    if out["since"] is not None and out["until"] is not None and out["until"] <= out["since"]:
+        raise InvalidRequest(f"must be after since ({out['since']}), got {out['until']}", "until")
+    return out
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:

@@ -224,8 +224,10 @@ class BudgetKeeper:
         self._persist()
         return ledger.state()
 
-    def ping(self) -> bool:
-        return True
+    def info(self) -> dict[str, Any]:
+        """The process serving the ledger (``pid``), allocations made since it started and
+        the counts it restored from the state file at start (``restored``)."""
+        return {"pid": os.getpid(), "allocations": self.allocations, "restored": self.restored}
 
 
 _remote_class: Any = None

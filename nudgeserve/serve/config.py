@@ -207,13 +207,86 @@ class ObdUseCase(_UseCase, tag="obd", tag_field="kind"):
     slot: NonNegativeInt = 0
 
 
+# Outcomes the uplift ensemble predicts (an intervention rule's objective).
+INTERVENTION_OBJECTIVES = ("visit", "conversion", "spend")
+
+
+class Interventions(_Settings):
+    """Intervention decisions with uncertainty, shared daily caps and a random holdout
+    (``nudgeserve.serve.interventions``; the rule: ``nudgeserve.models.intervention``).
+
+    rule: the decision rule, ``InterventionConfig``'s fields (``objective``,
+        ``value_per_unit``, ``costs``, ``threshold``, ``confidence``, ``holdout_share``,
+        ``explore_share``, ``daily_caps``, ``salt``, ``hash_seed``, ``treatments``,
+        ``control``); checked when the config is loaded, errors name ``rule.<field>``.
+    ensemble: the uplift ensemble the intervals come from: ``default`` (shipped) or a
+        path (either file or their stem).
+    experiment: the name the decisions are logged under (``experiment``; ``variant`` is
+        the decision's reason) and ``GET /v1/experiments/{experiment}/impact`` reports on;
+        default: the use case's name.
+    level: coverage of the uplift intervals in answers.
+    chunk_rows: most rows one ensemble forward takes (large batches are chunked).
+    max_batch_units: most units one ``POST /v1/decide/batch`` may carry.
+    day_utc_offset_s: where the caps' day starts (0: midnight UTC).
+    budget_timeout_s: longest wait for the shared budget actor per batch (then 503).
+    """
+
+    rule: dict[str, Any] = msgspec.field(default_factory=dict)
+    ensemble: str = "default"
+    experiment: Name | None = None
+    level: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.95
+    chunk_rows: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 1024
+    max_batch_units: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20_000
+    day_utc_offset_s: Annotated[float, msgspec.Meta(ge=-50_400, le=50_400)] = 0.0
+    budget_timeout_s: PositiveFloat = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.ensemble:
+            raise ValueError("ensemble must be 'default' or a path")
+        self.rule_config()
+
+    def rule_config(self) -> Any:
+        """The rule as an ``InterventionConfig`` (ValueError naming ``rule.<field>``).
+
+        Imported here, not at module level: importing the models package imports torch,
+        and importing the config must not.
+        """
+        from nudgeserve.models.intervention import InterventionConfig
+
+        try:
+            rule = msgspec.convert(self.rule, InterventionConfig)
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            match = _PATH_RE.search(text)
+            path = match.group("path") if match else ""
+            reason = text[: match.start()] if match else text
+            first = reason.split(" ", 1)[0].split("[", 1)[0]
+            if not path and first in InterventionConfig.__struct_fields__:
+                # The rule's own checks start with the field they name.
+                raise ValueError(f"rule.{reason}") from None
+            raise ValueError(f"rule{path}: {reason}") from None
+        if rule.objective not in INTERVENTION_OBJECTIVES:
+            raise ValueError(
+                f"rule.objective = {rule.objective!r} is invalid; allowed: "
+                + ", ".join(INTERVENTION_OBJECTIVES)
+            )
+        return rule
+
+
 class HillstromUseCase(_UseCase, tag="hillstrom", tag_field="kind"):
     """E-mail intervention choice on the Hillstrom uplift model.
 
-    A treatment's score is its predicted uplift over the control in ``objective`` times
-    ``value_per_unit`` minus its cost (``treatment_costs``, by treatment name); the
-    control scores ``min_gain``, so a treatment is preferred only when its expected net
-    gain clears that margin.
+    Without ``interventions``: a treatment's score is its predicted uplift over the
+    control in ``objective`` times ``value_per_unit`` minus its cost
+    (``treatment_costs``, by treatment name); the control scores ``min_gain``, so a
+    treatment is preferred only when its expected net gain clears that margin, and
+    ``policy`` selects.
+
+    With ``interventions``: the intervention rule decides instead (uplift intervals from
+    the ensemble, costs, a confidence threshold, shared daily caps, its own random
+    holdout and exploration); ``objective``, ``value_per_unit``, ``treatment_costs``,
+    ``min_gain`` and ``policy`` are then unused, and no configured experiment may run on
+    the use case (the rule's holdout is its experiment).
     """
 
     objective: Literal["visit", "conversion", "spend"] = "spend"
@@ -222,6 +295,14 @@ class HillstromUseCase(_UseCase, tag="hillstrom", tag_field="kind"):
     min_gain: float = 0.0
     max_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     learning: Learning = msgspec.field(default_factory=lambda: Learning(reward="conversion"))
+    interventions: Interventions | None = None
+
+    @property
+    def intervention_experiment(self) -> str | None:
+        """The experiment name intervention decisions are logged under (None: no rule)."""
+        if self.interventions is None:
+            return None
+        return self.interventions.experiment or self.name
 
 
 UseCase = ObdUseCase | HillstromUseCase
@@ -452,6 +533,54 @@ class ServeConfig(_Settings):
                     f"{bandits[0]}: bandit policies learn from the decision log, but "
                     "decision_log.enabled is false"
                 )
+        self._check_interventions(exp_names)
+
+    def _check_interventions(self, exp_names: list[str]) -> None:
+        """Rules between intervention use cases and the rest (messages name the setting)."""
+        ruled: dict[str, str] = {}
+        for i, u in enumerate(self.use_cases):
+            if not isinstance(u, HillstromUseCase) or u.interventions is None:
+                continue
+            where = f"use_cases[{i}].interventions"
+            name = u.intervention_experiment
+            assert name is not None
+            if name in exp_names or name in ruled.values():
+                raise ValueError(
+                    f"{where}.experiment = {name!r} is already the name of another experiment; "
+                    "intervention decisions need their own experiment name"
+                )
+            ruled[u.name] = name
+            objective = u.interventions.rule_config().objective
+            if objective not in self.decision_log.outcome_kinds:
+                raise ValueError(
+                    f"{where}.rule.objective = {objective!r} is not one of "
+                    f"decision_log.outcome_kinds {list(self.decision_log.outcome_kinds)}: its "
+                    "feedback could not be logged"
+                )
+            if u.max_k != 1:
+                raise ValueError(
+                    f"use_cases[{i}].max_k = {u.max_k} is invalid with interventions: the "
+                    "rule chooses one action per unit; set max_k: 1"
+                )
+            if isinstance(u.policy, Thompson | LinearBandit):
+                raise ValueError(
+                    f"use_cases[{i}].policy: the intervention rule decides for this use case; "
+                    "a learning policy would never be used (remove it or the interventions)"
+                )
+        for i, e in enumerate(self.experiments):
+            if e.use_case in ruled:
+                raise ValueError(
+                    f"experiments[{i}].use_case = {e.use_case!r} decides with the intervention "
+                    f"rule, whose own holdout is experiment {ruled[e.use_case]!r}; run "
+                    "experiments on another use case"
+                )
+            for j, v in enumerate(e.variants):
+                if v.use_case in ruled:
+                    raise ValueError(
+                        f"experiments[{i}].variants[{j}].use_case = {v.use_case!r} decides "
+                        "with the intervention rule (its own holdout and logging); an "
+                        "experiment may not route to it"
+                    )
 
     def _policies_of(self, index: int, settings: UseCase) -> list[tuple[str, Policy]]:
         found = [(f"use_cases[{index}].policy", settings.policy)]
@@ -662,10 +791,11 @@ def load_config(path: str | Path) -> LoadedConfig:
 
 
 def default_config() -> ServeConfig:
-    """The shipped defaults (the same as ``configs/default.yaml`` in the repository): both
-    use cases on their shipped checkpoints, an OBD experiment (greedy against two online
-    bandits) and a Hillstrom experiment with a no-e-mail holdout, decisions logged under
-    ``.state``."""
+    """The shipped defaults (the same as ``configs/default.yaml`` in the repository): the
+    OBD and Hillstrom use cases on their shipped checkpoints, an OBD experiment (greedy
+    against two online bandits), a Hillstrom experiment with a no-e-mail holdout, the
+    intervention use case (uplift intervals, costs, daily caps, its own holdout and
+    exploration), decisions logged under ``.state``."""
     return ServeConfig(
         server=ServerSettings(),
         use_cases=(
@@ -682,6 +812,27 @@ def default_config() -> ServeConfig:
                 treatment_costs={"Mens E-Mail": 0.1, "Womens E-Mail": 0.1},
                 min_gain=0.0,
                 policy=EpsilonGreedy(epsilon=0.05),
+            ),
+            HillstromUseCase(
+                name="interventions",
+                model_name="hillstrom_interventions",
+                objective="visit",
+                policy=Greedy(),
+                interventions=Interventions(
+                    rule={
+                        "objective": "visit",
+                        "value_per_unit": 1.0,
+                        "costs": {"Mens E-Mail": 0.05, "Womens E-Mail": 0.05},
+                        "threshold": 0.0,
+                        "confidence": 0.8,
+                        "holdout_share": 0.2,
+                        "explore_share": 0.1,
+                        "daily_caps": {"Mens E-Mail": 100_000, "Womens E-Mail": 100_000},
+                        "salt": "interventions",
+                        "hash_seed": 0,
+                    },
+                    experiment="interventions",
+                ),
             ),
         ),
         experiments=(

@@ -1,4 +1,5 @@
-"""Wire types of the decision API (``POST /v1/decide``) and its OpenAPI document.
+"""Wire types of the decision API (``POST /v1/decide``, ``POST /v1/decide/batch``) and its
+OpenAPI document.
 
 Requests and responses are msgspec Structs, decoded straight from the body's bytes (JSON,
 or msgpack with ``Content-Type: application/msgpack``) with no second validation layer.
@@ -87,16 +88,69 @@ class RankedAction(msgspec.Struct, frozen=True, array_like=False):
     propensity: float
 
 
+class TreatmentUplift(msgspec.Struct, frozen=True):
+    """One treatment's prediction for one unit (the control is left out: its uplift is 0).
+
+    uplift: predicted uplift of the objective over no intervention (the uplift ensemble's
+    mean); sd: its standard error; low/high: the two-sided interval at ``level``;
+    net_value: ``value_per_unit * uplift - cost``; net_lower: its one-sided lower bound
+    at the rule's confidence; eligible: ``net_lower > threshold``.
+    """
+
+    treatment: str
+    uplift: float
+    sd: float
+    low: float
+    high: float
+    net_value: float
+    net_lower: float
+    eligible: bool
+
+
+class InterventionResult(msgspec.Struct, frozen=True):
+    """The intervention decision for one unit (``nudgeserve.serve.interventions``).
+
+    action: the action taken (a treatment name; the control means no intervention);
+    intervene: whether ``action`` is a treatment; reason: why: ``act`` (the rule's
+    choice), ``below_threshold`` (no treatment clears its cost with the configured
+    confidence), ``budget_exhausted`` (today's cap of the wanted treatment is used up),
+    ``holdout`` (the unit is in the random holdout), ``explore`` (a uniformly random
+    action); propensity: the design's probability of ``action`` (exact; what off-policy
+    estimates divide by); policy_action: the rule's own choice, ignoring randomisation
+    and caps; baseline_risk: P(defect) with no intervention (the defect: no visit);
+    baseline: the predicted objective with no intervention; severity: baseline risk x
+    value at stake; expected_net_value: the net value of ``action`` (0 for none);
+    objective / level: what ``uplifts`` measure and their intervals' coverage.
+    """
+
+    action: str
+    intervene: bool
+    reason: str
+    propensity: float
+    policy_action: str
+    baseline_risk: float
+    baseline: float
+    severity: float
+    expected_net_value: float
+    objective: str
+    level: float
+    uplifts: list[TreatmentUplift]
+
+
 class DecideResponse(msgspec.Struct, frozen=True):
     """The decision: ranked actions and everything needed to log and evaluate it.
 
     model_version: the served version (as under ``/v2/models``); model_checkpoint: the
     first 12 hex digits of the checkpoint weights' SHA-256 (which weights decided).
     policy: the selection policy (``greedy``, ``epsilon_greedy``, ``plackett_luce``,
-    ``thompson``, ``linear``, ``control``); experiment, variant: the unit's assignment
-    when an experiment was named (``variant`` is the holdout's name for held-out units).
+    ``thompson``, ``linear``, ``control``, ``intervention``); experiment, variant: the
+    unit's assignment when an experiment was named (``variant`` is the holdout's name for
+    held-out units); for an intervention use case, its intervention experiment and the
+    decision's reason.
     propensity_kind: what ``actions[i].propensity`` is: always ``"slot_marginal"``,
     P(this action at this rank) under the policy (not conditional on the ranks above).
+    intervention: the intervention decision (intervention use cases only): baseline
+    risk, each treatment's uplift with its interval, severity, reason, propensity.
     """
 
     decision_id: str
@@ -109,6 +163,49 @@ class DecideResponse(msgspec.Struct, frozen=True):
     experiment: str | None = None
     variant: str | None = None
     propensity_kind: str = "slot_marginal"
+    intervention: InterventionResult | None = None
+
+
+class BatchUnit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One unit of a batch: its customer context and its id (the randomisation unit of
+    the holdout and exploration; omitted: the decision id, so it is not sticky)."""
+
+    context: HillstromContext
+    unit_id: Identifier | None = None
+
+
+class BatchDecideRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/decide/batch``: decide for many units of an intervention use case at once.
+
+    dry_run: score and decide without logging and without spending the daily caps (a
+    campaign-planning preview; no decision ids, no feedback). Otherwise every decision is
+    logged and the caps are spent, exactly as if each unit had called ``/v1/decide``.
+    """
+
+    use_case: Identifier
+    units: list[BatchUnit]
+    dry_run: bool = False
+
+
+class UnitDecision(msgspec.Struct, frozen=True):
+    """One unit's answer in a batch (``decision_id`` None in a dry run)."""
+
+    unit_id: str
+    decision_id: str | None
+    intervention: InterventionResult
+
+
+class BatchDecideResponse(msgspec.Struct, frozen=True):
+    """The answer to ``POST /v1/decide/batch``: one result per unit, in request order."""
+
+    use_case: str
+    model_name: str
+    model_version: str
+    model_checkpoint: str
+    experiment: str
+    policy: str
+    dry_run: bool
+    results: list[UnitDecision]
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -128,7 +225,7 @@ def openapi_document(use_cases: list[dict[str, Any]], version: str) -> dict[str,
     from .decisions import FeedbackEvent
     from .feedback import FeedbackResponse
 
-    (req, resp, err, ctx_obd, ctx_hill, event, feedback), components = (
+    (req, resp, err, ctx_obd, ctx_hill, event, feedback, batch_req, batch_resp), components = (
         msgspec.json.schema_components(
             [
                 DecideRequest,
@@ -138,6 +235,8 @@ def openapi_document(use_cases: list[dict[str, Any]], version: str) -> dict[str,
                 HillstromContext,
                 FeedbackEvent,
                 FeedbackResponse,
+                BatchDecideRequest,
+                BatchDecideResponse,
             ],
             ref_template="#/components/schemas/{name}",
         )
@@ -215,6 +314,63 @@ def openapi_document(use_cases: list[dict[str, Any]], version: str) -> dict[str,
                         "description": "the report",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
+                    "404": errors["404"],
+                },
+            }
+        },
+        "/v1/decide/batch": {
+            "post": {
+                "summary": "Decide for many units of an intervention use case in one call "
+                "(campaign planning; dry_run: score without logging or spending the caps)",
+                "operationId": "decideBatch",
+                "requestBody": {
+                    "required": True,
+                    "content": {m: {"schema": batch_req} for m in both},
+                },
+                "responses": {
+                    "200": {
+                        "description": "one result per unit, in request order",
+                        "content": {m: {"schema": batch_resp} for m in both},
+                    },
+                    **errors,
+                },
+            }
+        },
+        "/v1/experiments/{experiment}/impact": {
+            "get": {
+                "summary": "Causal impact of an intervention experiment from its logged "
+                "decisions and feedback: ATE against the holdout, effect on the targeted, the "
+                "rule against treat-nobody / treat-everybody / random (IPS, SNIPS, DR), value "
+                "lost to missed and unnecessary interventions",
+                "operationId": "experimentImpact",
+                "parameters": [
+                    {
+                        "name": "experiment",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    *(
+                        {"name": name, "in": "query", "required": False, "schema": schema}
+                        for name, schema in (
+                            ("feedback_only", {"type": "boolean", "default": False}),
+                            ("since", {"type": "number", "description": "epoch seconds"}),
+                            ("until", {"type": "number", "description": "epoch seconds"}),
+                            ("n_bootstrap", {"type": "integer", "minimum": 10, "default": 200}),
+                            (
+                                "qini_resamples",
+                                {"type": "integer", "minimum": 10, "default": 100},
+                            ),
+                            ("seed", {"type": "integer", "minimum": 0, "default": 0}),
+                        )
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the report (``report``) and its tables (``text``)",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": errors["400"],
                     "404": errors["404"],
                 },
             }

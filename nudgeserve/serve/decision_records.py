@@ -15,6 +15,9 @@ A record holds (``nudgeserve.serve.decisions.DecisionRecord``):
 - ``features``: the replay vector of ``usecases.replay_layout``, enough for the model
   that decided (or any model with the same feature spec) to score every candidate again.
 - ``policy``: ``policy_label`` of the policy, with its parameters.
+
+An intervention use case's decision is logged under its intervention experiment with the
+reason as the variant and the rule's label as the policy (``serve.interventions``).
 """
 
 from __future__ import annotations
@@ -104,15 +107,22 @@ class RecordBuilder:
                 for j in outcome.indices.tolist()
             ]
             props = [min(1.0, max(p, _SMALLEST)) for p in outcome.propensities.tolist()]
+            experiment, variant, policy = meta.experiment, meta.variant, meta.policy
+            if outcome.intervention is not None:
+                # The rule's own randomisation is the experiment; the reason names the
+                # branch (holdout and explore rows are the randomised ones).
+                experiment = self.info.intervention_experiment or ""
+                variant = outcome.intervention.reason
+                policy = self.info.intervention_policy
             out.append(
                 DecisionRecord(
                     decision_id=meta.decision_id,
                     time=now,
                     unit_id=meta.unit_id,
-                    experiment=meta.experiment,
-                    variant=meta.variant,
+                    experiment=experiment,
+                    variant=variant,
                     model_version=outcome.model_version,
-                    policy=meta.policy,
+                    policy=policy,
                     candidates=self.candidates(item, meta.inline_ids),
                     actions=chosen,
                     scores=outcome.scores.tolist(),

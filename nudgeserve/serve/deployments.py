@@ -17,6 +17,8 @@ import logging
 import time
 from typing import Any
 
+import msgspec
+import numpy as np
 from ray import serve
 
 from ._metrics import ServeMetrics
@@ -24,10 +26,21 @@ from .bandits import BanditFeed, connect_learner
 from .config import ServeConfig, UseCase
 from .decision_records import RecordBuilder
 from .errors import DecisionNotLogged, Overloaded
+from .interventions import batch_records
 from .model_versions import ModelChoice, ModelWatch
 from .usecases import DecisionItem, DecisionOutcome, InferOutcome, build_engine
 
 logger = logging.getLogger("ray.serve")
+
+
+class UnitsOutcome(msgspec.Struct, frozen=True):
+    """A scorer's answer to a batch of intervention units: ``InterventionResult`` per unit
+    in order, and which model decided."""
+
+    results: list[Any]
+    model_version: str
+    model_checkpoint: str
+
 
 # ``UseCaseScorer``'s decision_log argument: open the replica's own log from the config.
 OWN_LOG = "own"
@@ -82,6 +95,7 @@ class UseCaseScorer:
         self.policies = tuple(config.policies_for(settings.name)) if config else ()
         engine = self._build(settings)
         self.warmup_s = engine.load()
+        self._attach_budget(engine)
         # (engine, record builder): replaced together, in one assignment, by a reload.
         self.current = (engine, RecordBuilder(engine.info))
         self.feed = connect_learner(config, settings) if learner and config else BanditFeed()
@@ -104,6 +118,32 @@ class UseCaseScorer:
         engine.extra_policies = self.policies
         return engine
 
+    def _attach_budget(self, engine: Any) -> None:
+        """An intervention use case with daily caps decides on the ledger every replica
+        shares (``budget``: one actor); outside Ray (tests) it keeps its own."""
+        interventions = getattr(engine, "interventions", None)
+        if interventions is None or not interventions.config.daily_caps:
+            return
+        import ray
+
+        if not ray.is_initialized():
+            return
+        from pathlib import Path
+
+        from .budget import BudgetClient
+
+        settings = engine.settings.interventions
+        state_dir = self.config.state_dir if self.config is not None else ".state"
+        engine.set_ledger(
+            BudgetClient.connect(
+                engine.settings.name,
+                interventions.config.daily_caps,
+                state_path=Path(state_dir).resolve() / "budget" / f"{engine.settings.name}.json",
+                utc_offset_s=settings.day_utc_offset_s,
+                timeout_s=settings.budget_timeout_s,
+            )
+        )
+
     @property
     def engine(self):
         """The engine that scores the next batch."""
@@ -122,6 +162,7 @@ class UseCaseScorer:
             new = self._build(settings)
             # Off the event loop: the replica keeps serving with the old engine meanwhile.
             await asyncio.to_thread(new.load)
+            await asyncio.to_thread(self._attach_budget, new)
             self.current = (new, RecordBuilder(new.info))
             logger.info(
                 "use case %s now serves version %s (checkpoint %s), loaded in %.2f s",
@@ -182,7 +223,11 @@ class UseCaseScorer:
         # One engine per batch, even if a reload swaps it meanwhile.
         engine, records = self.current
         engine.bandit = self.feed.snapshot()
-        outcomes = engine.decide_batch(items)
+        if getattr(engine, "ledger_blocks", False):
+            # The shared budget is one actor call per batch: wait for it off the loop.
+            outcomes = await asyncio.to_thread(engine.decide_batch, items)
+        else:
+            outcomes = engine.decide_batch(items)
         if self.log is not None:
             await self._log(records, items, outcomes)
             self.metrics.log_queue.set(self.log.stats().queue_depth, tags=self._tags)
@@ -190,6 +235,56 @@ class UseCaseScorer:
             self.metrics.learner_staleness.set(self.feed.staleness_s(), tags=self._tags)
         self._record(outcomes[0].times if outcomes else None, "decide")
         return outcomes
+
+    async def decide_units(
+        self,
+        columns: dict[str, list[Any]],
+        unit_ids: list[str],
+        given_unit_ids: list[str],
+        decision_ids: list[str],
+        dry_run: bool,
+    ) -> UnitsOutcome:
+        """``POST /v1/decide/batch``: the intervention rule on many units in one call
+        (not through the request batcher: it is a batch already). Unless ``dry_run``,
+        the budget is spent and every decision is committed to the log before the answer
+        (or none is answered: ``DecisionNotLogged``)."""
+        engine, _ = self.current
+        info = engine.info
+
+        def decide() -> tuple[list[Any], list[Any]]:
+            # Model, rule and result building take milliseconds per thousand units: off
+            # the event loop, so single decisions keep flowing meanwhile.
+            batch = engine.decide_units(columns, np.asarray(unit_ids), not dry_run)
+            records = []
+            if not dry_run and self.log is not None:
+                records = batch_records(
+                    batch,
+                    decision_ids=decision_ids,
+                    unit_ids=given_unit_ids,
+                    use_case=info.name,
+                    experiment=info.intervention_experiment or "",
+                    policy=info.intervention_policy,
+                    model_version=info.version,
+                    model_checkpoint=info.checkpoint_id,
+                    now=time.time(),
+                )
+            return batch.results(), records
+
+        results, records = await asyncio.to_thread(decide)
+        if records:
+            try:
+                await self.log.append_many_async(records)
+            except Overloaded:
+                raise
+            except Exception as exc:
+                logger.error(
+                    "decision log refused a batch of %d decisions", len(records), exc_info=exc
+                )
+                raise DecisionNotLogged(
+                    f"the decisions could not be logged ({type(exc).__name__}: {exc}); they "
+                    "were not served"
+                ) from None
+        return UnitsOutcome(results, info.version, info.checkpoint_id)
 
     async def _log(
         self, builder: RecordBuilder, items: list[DecisionItem], outcomes: list[DecisionOutcome]
@@ -249,6 +344,9 @@ class _Remote:
 
     async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
         return await self.handle.infer.remote(inputs)
+
+    async def decide_units(self, *args: Any) -> UnitsOutcome:
+        return await self.handle.decide_units.remote(*args)
 
     async def ready(self) -> dict[str, Any]:
         return await self.handle.ready.remote()

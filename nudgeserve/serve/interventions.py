@@ -22,12 +22,12 @@ The ensemble scores the batch in chunks of at most ``chunk_rows`` rows (one stac
 forward per chunk); the rule then runs once over the whole batch, so a ledger of daily
 caps sees one ``allocate`` call per batch, however many chunks it took.
 
-What the decision log records for such a decision (``decision_record_fields``):
-``candidates`` = the treatments in model order, ``actions`` = [the action],
+What the decision log records for such a decision (``batch_records``; ``/v1/decide``'s
+``decision_records.RecordBuilder`` writes the same): ``candidates`` = the treatments in model order, ``actions`` = [the action],
 ``propensities`` = [its propensity], ``scores`` = [its expected net value],
 ``experiment`` = the use case's intervention experiment, ``variant`` = the reason (so the
 randomised rows, ``holdout`` and ``explore``, are named in the log), ``policy`` =
-``policy_label``, ``features`` = the replay vector (raw numeric columns, then the
+``intervention_policy_label``, ``features`` = the replay vector (raw numeric columns, then the
 ensemble featurizer's hashed categorical buckets).
 
 ``experiment_impact`` turns the logged decisions of the experiment and their joined
@@ -35,7 +35,9 @@ feedback into ``models.impact.impact_from_logs``'s input: the rule's choice per 
 (``eval_probs``, one-hot) and the ensemble's predicted outcomes per action
 (``reward_hat_<outcome>``) come from replaying the logged replay vector through the
 ensemble (``InterventionEngine.annotate``, also usable as the export's ``annotate``
-hook), i.e. the report evaluates the rule as configured now on the logged data.
+hook), i.e. the report evaluates the rule as configured now on the logged data. A unit's
+outcome is the sum of the joined ``visit`` / ``conversion`` / ``spend`` feedback of its
+decision (none joined: 0, unless ``feedback_only`` leaves the decision out).
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from nudgeserve.models.intervention import (
@@ -57,11 +58,14 @@ from nudgeserve.models.intervention import (
 )
 from nudgeserve.models.specs import HILLSTROM_OUTCOMES
 
+from .decision_api import InterventionResult, TreatmentUplift
+from .decisions import DecisionRecord
+
 __all__ = [
     "InterventionBatch",
     "InterventionEngine",
-    "InterventionResult",
-    "TreatmentUplift",
+    "NoDecisions",
+    "batch_records",
     "experiment_impact",
     "impact_table",
     "intervention_policy_label",
@@ -71,50 +75,8 @@ __all__ = [
 RANDOMIZED_REASONS = ("holdout", "explore")
 
 
-class TreatmentUplift(msgspec.Struct, frozen=True):
-    """One treatment's prediction for one unit (the control is left out: its uplift is 0).
-
-    uplift: predicted uplift of the objective over no intervention (ensemble mean);
-    sd: its standard error; low/high: the two-sided interval at ``level``;
-    net_value: ``value_per_unit * uplift - cost``; net_lower: its one-sided lower bound
-    at the rule's confidence; eligible: ``net_lower > threshold``.
-    """
-
-    treatment: str
-    uplift: float
-    sd: float
-    low: float
-    high: float
-    net_value: float
-    net_lower: float
-    eligible: bool
-
-
-class InterventionResult(msgspec.Struct, frozen=True):
-    """The intervention decision for one unit (see the module docstring).
-
-    action: the action taken (a treatment name; the control means no intervention);
-    intervene: whether ``action`` is a treatment; reason: why (``models.intervention.REASONS``);
-    propensity: the design's probability of ``action`` (exact; what off-policy estimates
-    divide by); policy_action: the rule's own choice, ignoring randomisation and caps;
-    baseline_risk: P(defect) with no intervention; baseline: the predicted objective with
-    no intervention; severity: baseline risk x value at stake; expected_net_value: the
-    net value of ``action`` (0 for no intervention); objective / level: what ``uplifts``
-    measure and their intervals' coverage.
-    """
-
-    action: str
-    intervene: bool
-    reason: str
-    propensity: float
-    policy_action: str
-    baseline_risk: float
-    baseline: float
-    severity: float
-    expected_net_value: float
-    objective: str
-    level: float
-    uplifts: list[TreatmentUplift]
+class NoDecisions(ValueError):
+    """There are no intervention decisions to analyse (in the window asked for)."""
 
 
 def intervention_policy_label(config: InterventionConfig) -> str:
@@ -345,16 +307,21 @@ class InterventionEngine:
         n = replay.shape[0]
         ids = _unit_ids(unit_ids, n)
         prediction = self.predict(features)
-        return self._decide(prediction, ids, replay, spend_budget, value_at_stake)
+        return self.decide_prediction(
+            prediction, ids, replay, spend_budget=spend_budget, value_at_stake=value_at_stake
+        )
 
-    def _decide(
+    def decide_prediction(
         self,
         prediction: Any,
-        unit_ids: np.ndarray,
+        unit_ids: Any,
         replay: np.ndarray,
-        spend_budget: bool,
-        value_at_stake: np.ndarray | None,
+        *,
+        spend_budget: bool = True,
+        value_at_stake: np.ndarray | None = None,
     ) -> InterventionBatch:
+        """``decide`` after the model (``featurize`` then ``predict`` done by the caller,
+        e.g. to time each stage): the rule and the intervals for B units."""
         decisions = decide_from_ensemble(
             self.config,
             unit_ids,
@@ -452,6 +419,63 @@ class InterventionEngine:
         return out
 
 
+def batch_records(
+    batch: InterventionBatch,
+    *,
+    decision_ids: Sequence[str],
+    unit_ids: Sequence[str],
+    use_case: str,
+    experiment: str,
+    policy: str,
+    model_version: str,
+    model_checkpoint: str,
+    now: float,
+) -> list[DecisionRecord]:
+    """The decision log's records of a batch (module docstring: what each field holds).
+
+    decision_ids, unit_ids: [B] text (unit ids as the request gave them; "" for none).
+    """
+    d = batch.decisions
+    names = list(d.treatments)
+    n = len(batch)
+    if len(decision_ids) != n or len(unit_ids) != n:
+        raise ValueError(
+            f"decision_ids ({len(decision_ids)}) and unit_ids ({len(unit_ids)}) must hold "
+            f"one id per unit ({n})"
+        )
+    # A chosen action always had a positive probability; the log accepts (0, 1] only.
+    smallest = math.ulp(0.0) * 2**52
+    rows = zip(
+        decision_ids,
+        unit_ids,
+        d.action.tolist(),
+        d.reason.tolist(),
+        d.propensity.tolist(),
+        d.expected_net_value.tolist(),
+        batch.replay.tolist(),
+        strict=True,
+    )
+    return [
+        DecisionRecord(
+            decision_id=decision_id,
+            time=now,
+            unit_id=unit_id,
+            experiment=experiment,
+            variant=REASONS[reason],
+            model_version=model_version,
+            policy=policy,
+            candidates=names,
+            actions=[names[action]],
+            scores=[score],
+            propensities=[min(1.0, max(p, smallest))],
+            features=replay,
+            use_case=use_case,
+            model_checkpoint=model_checkpoint,
+        )
+        for decision_id, unit_id, action, reason, p, score, replay in rows
+    ]
+
+
 # ------------------------------------------------------------------------------ impact
 
 
@@ -476,7 +500,7 @@ def impact_table(logged: Any, engine: InterventionEngine, *, feedback_only: bool
         keep = np.arange(len(records))
     if keep.shape[0] == 0:
         what = "with joined feedback " if feedback_only else ""
-        raise ValueError(f"no intervention decisions {what}to analyse")
+        raise NoDecisions(f"no intervention decisions {what}to analyse")
     records = [records[i] for i in keep.tolist()]
     annotations = engine.annotate(records)
     columns: dict[str, Any] = {

@@ -20,11 +20,14 @@ import numpy as np
 from .config import Control, Experiment, Variant
 from .decision_api import (
     CONTEXT_TYPES,
+    BatchDecideRequest,
+    BatchDecideResponse,
     DecideRequest,
     DecideResponse,
     HillstromContext,
     ObdContext,
     RankedAction,
+    UnitDecision,
 )
 from .decision_records import policy_label, policy_name
 from .errors import ConfigError, InvalidRequest, ModelNotFound, UnsupportedMediaType
@@ -49,6 +52,27 @@ def media_type(content_type: str | None) -> str:
         f"unsupported media type {base!r}; send application/json or application/msgpack",
         "Content-Type",
     )
+
+
+# The ``policy`` an intervention use case's answers name.
+INTERVENTION_POLICY = "intervention"
+
+
+@dataclass(frozen=True)
+class BatchPending:
+    """A validated ``/v1/decide/batch`` request.
+
+    columns: ``{field: [B] values}`` of the units' contexts; unit_ids: the randomisation
+    units (the request's ids, else a per-decision id); given_unit_ids: the request's ids
+    ("" where none, what the log records); decision_ids: one per unit ([] in a dry run).
+    """
+
+    info: UseCaseInfo
+    columns: dict[str, list[Any]]
+    unit_ids: list[str]
+    given_unit_ids: list[str]
+    decision_ids: list[str]
+    dry_run: bool
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,10 @@ class DecisionService:
             for kind, t in CONTEXT_TYPES.items()
         }
         self._encoders = {JSON: msgspec.json.Encoder(), MSGPACK: msgspec.msgpack.Encoder()}
+        self._batch_decoders = {
+            JSON: msgspec.json.Decoder(BatchDecideRequest),
+            MSGPACK: msgspec.msgpack.Decoder(BatchDecideRequest),
+        }
         self._index = {name: _catalog_index(info) for name, info in infos.items()}
 
     # -- decode and validate --------------------------------------------------------------
@@ -166,6 +194,17 @@ class DecisionService:
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"malformed: {exc}", "context") from None
         self._check_context(info, context)
+        if info.intervention_experiment is not None:
+            for field, given in (
+                ("candidates", request.candidates is not None),
+                ("exclusions", bool(request.exclusions)),
+            ):
+                if given:
+                    raise InvalidRequest(
+                        f"use case {info.name} decides with the intervention rule, which "
+                        "chooses among all its actions; omit it",
+                        field,
+                    )
         policy, experiment, variant, info = self._assign(info, request)
         index = self._index[info.name]
         candidates, inline, inline_ids = self._candidates(info, index, request)
@@ -190,7 +229,7 @@ class DecisionService:
             unit_id=request.unit_id or "",
             experiment=experiment or "",
             variant=variant or "",
-            policy=policy_label(policy),
+            policy=info.intervention_policy or policy_label(policy),
             inline_ids=tuple(str(x) for x in inline_ids),
         )
         item = DecisionItem(
@@ -362,16 +401,100 @@ class DecisionService:
                 break
             item_id = info.catalog[j] if j < n_catalog else pending.inline_ids[j - n_catalog]
             actions.append(RankedAction(item_id, rank, score, prop))
+        inter = outcome.intervention
         return DecideResponse(
             decision_id=pending.decision_id,
             use_case=info.name,
             model_name=info.model_name,
             model_version=outcome.model_version or info.version,
             model_checkpoint=outcome.model_checkpoint or info.checkpoint_id,
-            policy=pending.policy,
+            policy=INTERVENTION_POLICY if inter is not None else pending.policy,
             actions=actions,
-            experiment=pending.experiment,
-            variant=pending.variant,
+            experiment=info.intervention_experiment if inter is not None else pending.experiment,
+            variant=inter.reason if inter is not None else pending.variant,
+            intervention=inter,
+        )
+
+    # -- batch of intervention decisions ----------------------------------------------------
+
+    def decode_batch(self, body: bytes, fmt: str) -> BatchDecideRequest:
+        """``POST /v1/decide/batch``'s body, or InvalidRequest naming the bad field
+        (``units[3].context.history``)."""
+        try:
+            return self._batch_decoders[fmt].decode(body)
+        except msgspec.ValidationError as exc:
+            field, reason = _field_path(exc)
+            raise InvalidRequest(reason, field) from None
+        except msgspec.DecodeError as exc:
+            kind = "JSON" if fmt == JSON else "msgpack"
+            raise InvalidRequest(f"body is not valid {kind}: {exc}") from None
+
+    def prepare_batch(self, request: BatchDecideRequest, max_units: int) -> BatchPending:
+        """Validate a batch against its use case; the columns and ids to decide on."""
+        info = self.infos.get(request.use_case)
+        if info is None:
+            served = ", ".join(sorted(self.infos))
+            raise ModelNotFound(
+                f"use_case: {request.use_case!r} is not served; served use cases: {served}"
+            )
+        if info.intervention_experiment is None:
+            ruled = sorted(n for n, i in self.infos.items() if i.intervention_experiment)
+            raise InvalidRequest(
+                f"{request.use_case!r} has no interventions; the batch endpoint serves "
+                f"intervention use cases ({', '.join(ruled) or 'none configured'})",
+                "use_case",
+            )
+        n = len(request.units)
+        if n == 0:
+            raise InvalidRequest("must hold at least one unit", "units")
+        if n > max_units:
+            raise InvalidRequest(
+                f"holds {n} units; send at most {max_units} per request "
+                "(interventions.max_batch_units)",
+                "units",
+            )
+        contexts = [u.context for u in request.units]
+        for i, context in enumerate(contexts):
+            try:
+                self._check_context(info, context)
+            except InvalidRequest as exc:
+                raise InvalidRequest(
+                    str(exc).split(": ", 1)[-1], f"units[{i}].{exc.field}"
+                ) from None
+        columns = {
+            name: [getattr(c, name) for c in contexts]
+            for name in HillstromContext.__struct_fields__
+        }
+        dry = request.dry_run
+        decision_ids = [] if dry else [f"{self._random.getrandbits(128):032x}" for _ in range(n)]
+        given = [u.unit_id or "" for u in request.units]
+        # A unit without an id is its own randomisation unit (its decision id, or in a dry
+        # run a fresh random id: not sticky either way).
+        units = [
+            g or (decision_ids[i] if not dry else f"{self._random.getrandbits(128):032x}")
+            for i, g in enumerate(given)
+        ]
+        return BatchPending(info, columns, units, given, decision_ids, dry)
+
+    def respond_batch(self, pending: BatchPending, outcome: Any) -> BatchDecideResponse:
+        """The batch's answer from the scorer's ``UnitsOutcome`` (results in unit order)."""
+        info = pending.info
+        ids = pending.decision_ids or [None] * len(pending.unit_ids)
+        results = [
+            UnitDecision(unit, decision_id, result)
+            for unit, decision_id, result in zip(
+                pending.unit_ids, ids, outcome.results, strict=True
+            )
+        ]
+        return BatchDecideResponse(
+            use_case=info.name,
+            model_name=info.model_name,
+            model_version=outcome.model_version or info.version,
+            model_checkpoint=outcome.model_checkpoint or info.checkpoint_id,
+            experiment=info.intervention_experiment or "",
+            policy=INTERVENTION_POLICY,
+            dry_run=pending.dry_run,
+            results=results,
         )
 
     def encode(self, response: Any, fmt: str) -> bytes:

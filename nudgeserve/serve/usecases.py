@@ -91,6 +91,7 @@ class DecisionOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     that action at that rank (the slot marginal; see ``_selection``).
     features: float32[F], the decision's replay vector (``replay_layout``).
     model_version, model_checkpoint: which model decided (a reload changes them).
+    intervention: the ``InterventionResult`` of an intervention use case (None otherwise).
     """
 
     indices: Any
@@ -100,6 +101,7 @@ class DecisionOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     features: Any = None
     model_version: str = ""
     model_checkpoint: str = ""
+    intervention: Any = None
 
 
 class InferOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -132,6 +134,10 @@ class UseCaseInfo:
     n_user_fields: int = 0
     control_index: int | None = None
     bandit_dim: int = 0
+    # Intervention use cases: the experiment their decisions are logged under, and the
+    # rule's label (the log's ``policy``); None / "" otherwise.
+    intervention_experiment: str | None = None
+    intervention_policy: str = ""
 
     @property
     def n_catalog(self) -> int:
@@ -220,6 +226,9 @@ def describe(settings: UseCase) -> UseCaseInfo:
             f"treatments of the model; allowed: {', '.join(spec.treatments)}",
             f"use_cases[{settings.name}].treatment_costs",
         )
+    intervention_policy = ""
+    if settings.interventions is not None:
+        intervention_policy = _check_interventions(settings, spec)
     n_t = len(spec.treatments)
     signature = ModelSignature(
         name=settings.model_name,
@@ -248,7 +257,45 @@ def describe(settings: UseCase) -> UseCaseInfo:
         signature=signature,
         accepts_inline=False,
         control_index=spec.control_index,
+        intervention_experiment=settings.intervention_experiment,
+        intervention_policy=intervention_policy,
     )
+
+
+def ensemble_path(settings: HillstromUseCase) -> Path:
+    """The uplift ensemble an intervention use case loads (``default``: the shipped one)."""
+    from nudgeserve.models.uplift_uncertainty import default_ensemble_path
+
+    assert settings.interventions is not None
+    if settings.interventions.ensemble == "default":
+        return default_ensemble_path()
+    return Path(settings.interventions.ensemble)
+
+
+def _check_interventions(settings: HillstromUseCase, spec: Any) -> str:
+    """ConfigError naming the setting when the ensemble is missing or does not fit the
+    rule or the model; returns the rule's policy label."""
+    from nudgeserve.models import CheckpointError
+    from nudgeserve.models.uplift_uncertainty import read_ensemble_metadata
+
+    from .interventions import intervention_policy_label
+
+    assert settings.interventions is not None
+    where = f"use_cases[{settings.name}].interventions"
+    rule = settings.interventions.rule_config()
+    try:
+        metadata = read_ensemble_metadata(ensemble_path(settings))
+    except CheckpointError as exc:
+        raise ConfigError(f"{where}.ensemble: {exc}", f"{where}.ensemble") from None
+    ensemble_treatments = tuple(metadata.feature_spec.treatments)
+    for name, treatments in (("the ensemble", ensemble_treatments), ("the model", spec.treatments)):
+        if tuple(rule.treatments) != tuple(treatments):
+            raise ConfigError(
+                f"{where}.rule.treatments {list(rule.treatments)} differ from {name}'s "
+                f"{list(treatments)}",
+                f"{where}.rule.treatments",
+            )
+    return intervention_policy_label(rule)
 
 
 def check_outcomes(outcomes: list, n_items: int) -> list:
@@ -684,14 +731,22 @@ class HillstromEngine(_Engine):
 
     settings: HillstromUseCase
 
+    # The intervention rule (``serve.interventions.InterventionEngine``) of a use case
+    # with ``interventions``; None: the policy selects on point estimates.
+    interventions: Any = None
+
     def load(self, device: str | None = None, warm: bool = True) -> dict[str, float]:
-        """Load weights onto ``device`` and warm up (see ``ObdEngine.load``)."""
+        """Load weights onto ``device`` and warm up (see ``ObdEngine.load``). An
+        intervention use case also loads its uplift ensemble; its daily caps start on a
+        ledger of this process (``set_ledger`` shares one between replicas)."""
         from nudgeserve.models import HillstromScorer
 
         self.loaded = self._load_checkpoint()
         self.scorer = HillstromScorer(
             self.loaded, device=device or self.settings.device, precision=self.settings.precision
         )
+        if self.settings.interventions is not None:
+            self.interventions = self._intervention_engine(device or self.settings.device)
         self.featurizer = self.scorer.featurizer
         spec = self.loaded.spec
         self.treatments = tuple(spec.treatments)
@@ -702,6 +757,50 @@ class HillstromEngine(_Engine):
         self.numeric_names = tuple(spec.numeric_names)
         self.categorical_names = tuple(spec.categorical_names)
         return self.warmup() if warm else {}
+
+    def _intervention_engine(self, device: str) -> Any:
+        from nudgeserve.models.intervention import BudgetLedger
+        from nudgeserve.models.uplift_uncertainty import load_uplift_ensemble
+
+        from .interventions import InterventionEngine
+
+        settings = self.settings.interventions
+        rule = settings.rule_config()
+        ledger = (
+            BudgetLedger(rule.daily_caps, utc_offset_s=settings.day_utc_offset_s)
+            if rule.daily_caps
+            else None
+        )
+        return InterventionEngine(
+            rule,
+            load_uplift_ensemble(ensemble_path(self.settings), device=device),
+            level=settings.level,
+            chunk_rows=settings.chunk_rows,
+            ledger=ledger,
+        )
+
+    def set_ledger(self, ledger: Any) -> None:
+        """Decide on ``ledger`` (e.g. the shared ``budget.BudgetClient``) from now on."""
+        if self.interventions is None:
+            raise ValueError(f"use case {self.info.name!r} has no interventions: no ledger")
+        self.interventions.ledger = ledger
+
+    @property
+    def ledger_blocks(self) -> bool:
+        """Whether deciding may wait on another process (a shared budget): the caller
+        then runs ``decide_batch`` / ``decide_units`` off its event loop."""
+        from nudgeserve.models.intervention import BudgetLedger
+
+        ledger = None if self.interventions is None else self.interventions.ledger
+        return ledger is not None and not isinstance(ledger, BudgetLedger)
+
+    def warmup(self) -> dict[str, float]:
+        took = super().warmup()
+        if self.interventions is not None:
+            t0 = time.perf_counter()
+            self.interventions.warmup((1, self.settings.batching.max_batch_size))
+            took["interventions"] = time.perf_counter() - t0
+        return took
 
     def example_item(self, policy: Policy) -> DecisionItem:
         return DecisionItem(
@@ -733,6 +832,8 @@ class HillstromEngine(_Engine):
         return np.ascontiguousarray(gain, dtype=np.float32)
 
     def decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        if self.interventions is not None:
+            return self._decide_interventions(items)
         t0 = time.perf_counter()
         n = len(items)
         columns: dict[str, Any] = {
@@ -755,6 +856,60 @@ class HillstromEngine(_Engine):
         return check_outcomes(
             _outcomes(items, scores, idx, prop, times, list(replay), self.info), n
         )
+
+    def _decide_interventions(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        """The intervention rule on a batch of decisions: one ensemble pass, one budget
+        allocation. A request without ``unit_id`` is its own unit (its decision id)."""
+        t0 = time.perf_counter()
+        n = len(items)
+        engine = self.interventions
+        columns: dict[str, Any] = {
+            name: [getattr(item.context, name) for item in items] for name in engine.field_names
+        }
+        features, replay = engine.featurize(columns)
+        unit_ids = np.asarray(
+            [
+                (item.meta.unit_id or item.meta.decision_id) if item.meta is not None else ""
+                for item in items
+            ]
+        )
+        t1 = time.perf_counter()
+        prediction = engine.predict(features)
+        t2 = time.perf_counter()
+        # Items without meta are warm-up: nothing is served, so no budget is spent.
+        spend = all(item.meta is not None for item in items)
+        batch = engine.decide_prediction(prediction, unit_ids, replay, spend_budget=spend)
+        results = batch.results()
+        t3 = time.perf_counter()
+        times = StageTimes(n, t1 - t0, t2 - t1, t3 - t2)
+        d = batch.decisions
+        action = d.action.tolist()
+        value = d.expected_net_value.tolist()
+        prop = d.propensity.tolist()
+        info = self.info
+        out = [
+            DecisionOutcome(
+                indices=np.asarray([action[i]], dtype=np.int64),
+                scores=np.asarray([value[i]], dtype=np.float32),
+                propensities=np.asarray([prop[i]], dtype=np.float64),
+                times=times,
+                features=replay[i],
+                model_version=info.version,
+                model_checkpoint=info.checkpoint_id,
+                intervention=results[i],
+            )
+            for i in range(n)
+        ]
+        return check_outcomes(out, n)
+
+    def decide_units(
+        self, columns: dict[str, Any], unit_ids: np.ndarray, spend_budget: bool
+    ) -> Any:
+        """The batch endpoint: the intervention rule on many units at once
+        (``InterventionBatch``); the ensemble runs in chunks, the budget is allocated once."""
+        if self.interventions is None:
+            raise ValueError(f"use case {self.info.name!r} has no interventions")
+        return self.interventions.decide(columns, unit_ids, spend_budget=spend_budget)
 
     def replay_scores(self, features: np.ndarray, candidates: list[list[str]]) -> list:
         """Scores (net gains) this model gives every candidate of logged decisions.

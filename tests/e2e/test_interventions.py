@@ -22,6 +22,16 @@ from nudgeserve.serve.config import default_config
 from nudgeserve.serve.usecases import build_engine
 
 USE_CASE = "interventions"
+CONTEXT = {
+    "recency": 1,
+    "history": 10,
+    "mens": 1,
+    "womens": 0,
+    "newbie": 0,
+    "history_segment": "1) $0 - $100",
+    "zip_code": "Urban",
+    "channel": "Web",
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +67,10 @@ def test_decide_carries_the_intervention_and_equals_the_engine(server, engine, c
     test, rows, contexts = customers
     unit = f"e2e-{int(rows[0])}"
     status, answer = call(
-        server, "POST", "/v1/decide", {"use_case": USE_CASE, "context": contexts[0], "unit_id": unit}
+        server,
+        "POST",
+        "/v1/decide",
+        {"use_case": USE_CASE, "context": contexts[0], "unit_id": unit},
     )
     assert status == 200, answer
     inter = answer["intervention"]
@@ -79,7 +92,10 @@ def test_decide_carries_the_intervention_and_equals_the_engine(server, engine, c
         assert inter["action"] == local.action  # the budget is far from its caps here
     # The same unit lands in the same branch again.
     status, again = call(
-        server, "POST", "/v1/decide", {"use_case": USE_CASE, "context": contexts[0], "unit_id": unit}
+        server,
+        "POST",
+        "/v1/decide",
+        {"use_case": USE_CASE, "context": contexts[0], "unit_id": unit},
     )
     assert status == 200 and again["intervention"]["reason"] == inter["reason"]
 
@@ -128,15 +144,12 @@ def test_batch_endpoint_scores_thousands_in_one_call(server, engine, customers):
             {"use_case": USE_CASE, "units": [{"unit_id": "u", "context": {"recency": 1}}]},
             "units[0].context",
         ),
-        ("/v1/decide/batch", {"use_case": "obd", "units": [{"context": {}}]}, "use_case"),
+        ("/v1/decide/batch", {"use_case": "obd", "units": [{"context": CONTEXT}]}, "use_case"),
         (
             "/v1/decide",
             {
                 "use_case": USE_CASE,
-                "context": {
-                    "recency": 1, "history": 10, "mens": 1, "womens": 0, "newbie": 0,
-                    "history_segment": "1) $0 - $100", "zip_code": "Urban", "channel": "Web",
-                },
+                "context": CONTEXT,
                 "candidates": [{"id": "Mens E-Mail"}],
             },
             "candidates",

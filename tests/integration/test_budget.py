@@ -60,20 +60,21 @@ def test_counts_survive_an_actor_restart_and_caps_follow_a_redeploy(ray, tmp_pat
     granted, _ = client.allocate(np.ones((7, 1), dtype=np.int64), NAMES)
     assert (granted == 1).sum() == 7
     # The process dies; Ray restarts the detached actor, which reloads the day's counts.
+    before = ray.get(client.actor.info.remote())
+    assert before["restored"] == {}
     ray.kill(client.actor, no_restart=False)
     deadline = time.monotonic() + 60
     while True:
         try:
-            assert client.state().used == {"Mens E-Mail": 7}
-            break
-        except BudgetUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-        except ray.exceptions.RayActorError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            after = ray.get(client.actor.info.remote(), timeout=5)
+            if after["pid"] != before["pid"]:
+                break
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        assert time.monotonic() < deadline, "the budget actor did not restart"
+        time.sleep(0.2)
+    assert after["restored"] == {"Mens E-Mail": 7}
+    assert client.state().used == {"Mens E-Mail": 7}
     granted, _ = client.allocate(np.ones((7, 1), dtype=np.int64), NAMES)
     assert (granted == 1).sum() == 3
     # A redeploy with other caps attaches to the same actor and keeps today's counts.

@@ -4,14 +4,17 @@ No Ray: the keeper is the actor's body, called directly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.requests import Request
 
 from nudgeserve.models import InvalidFeatures, load_hillstrom, stratified_split
 from nudgeserve.models.datasets import hillstrom_strata
@@ -22,15 +25,20 @@ from nudgeserve.models.intervention import (
     decide_from_ensemble,
 )
 from nudgeserve.models.uplift_uncertainty import load_uplift_ensemble
+from nudgeserve.serve._router import Router
 from nudgeserve.serve.budget import BudgetKeeper, budget_actor_name
+from nudgeserve.serve.config import default_config, parse_config
 from nudgeserve.serve.decisions import DecisionRecord
+from nudgeserve.serve.deployments import UseCaseScorer, open_decision_log
+from nudgeserve.serve.errors import ConfigError
 from nudgeserve.serve.interventions import (
     InterventionEngine,
     experiment_impact,
     impact_table,
     intervention_policy_label,
 )
-from nudgeserve.serve.reports import LoggedDecisions
+from nudgeserve.serve.reports import LoggedDecisions, read_decisions
+from nudgeserve.serve.usecases import describe
 
 EMAILS = ("Mens E-Mail", "Womens E-Mail")
 
@@ -421,3 +429,420 @@ def test_actor_name():
     assert budget_actor_name("interventions") == "nudgeserve-budget-interventions"
     with pytest.raises(ValueError, match="use_case"):
         budget_actor_name("")
+
+
+# ---------------------------------------------------------------------- config and wiring
+
+
+def intervention_config(tmp_path, **interventions):
+    """The default config's intervention use case alone, its log under ``tmp_path``."""
+    base = default_config()
+    use_case = base.use_case("interventions")
+    if interventions:
+        use_case = msgspec.structs.replace(
+            use_case,
+            interventions=msgspec.structs.replace(use_case.interventions, **interventions),
+        )
+    return msgspec.structs.replace(
+        base, use_cases=(use_case,), experiments=(), state_dir=str(tmp_path)
+    )
+
+
+def raw_config(**interventions):
+    return {
+        "use_cases": [
+            {
+                "kind": "hillstrom",
+                "name": "iv",
+                "model_name": "iv_model",
+                "interventions": {"rule": {}, **interventions},
+            }
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "setting", "words"),
+    [
+        (
+            lambda r: r["use_cases"][0]["interventions"]["rule"].update(confidence=1.2),
+            "use_cases[0].interventions",
+            ["rule.confidence must be in [0.5, 1)"],
+        ),
+        (
+            lambda r: r["use_cases"][0]["interventions"]["rule"].update(objective="click"),
+            "use_cases[0].interventions",
+            ["rule.objective = 'click'", "visit, conversion, spend"],
+        ),
+        (
+            lambda r: r["use_cases"][0]["interventions"]["rule"].update(costs={"SMS": 1.0}),
+            "use_cases[0].interventions",
+            ["rule.costs names 'SMS'"],
+        ),
+        (
+            lambda r: r["use_cases"][0]["interventions"]["rule"].update(holdout="x"),
+            "use_cases[0].interventions",
+            ["rule: Object contains unknown field `holdout`"],
+        ),
+        (
+            lambda r: r["use_cases"][0]["interventions"].update(level=1.5),
+            "use_cases[0].interventions.level",
+            ["1.5"],
+        ),
+        (lambda r: r["use_cases"][0].update(max_k=2), "", ["use_cases[0].max_k = 2"]),
+        (
+            lambda r: r.update(
+                experiments=[
+                    {"name": "e", "use_case": "iv", "variants": [{"name": "a", "weight": 1.0}]}
+                ]
+            ),
+            "",
+            ["experiments[0].use_case = 'iv'", "own holdout"],
+        ),
+        (
+            lambda r: r.update(
+                experiments=[
+                    {"name": "iv", "use_case": "iv2", "variants": [{"name": "a", "weight": 1.0}]}
+                ],
+                use_cases=r["use_cases"]
+                + [{"kind": "hillstrom", "name": "iv2", "model_name": "m2"}],
+            ),
+            "",
+            ["use_cases[0].interventions.experiment = 'iv'", "already the name"],
+        ),
+        (
+            lambda r: r.update(decision_log={"outcome_kinds": ["click", "conversion"]}),
+            "",
+            ["rule.objective = 'visit' is not one of decision_log.outcome_kinds"],
+        ),
+    ],
+)
+def test_config_errors_name_the_setting(change, setting, words):
+    raw = raw_config()
+    change(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.setting == setting
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_describe_checks_the_ensemble_and_the_treatments(tmp_path):
+    config = intervention_config(tmp_path, ensemble=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError) as info:
+        describe(config.use_cases[0])
+    assert info.value.setting == "use_cases[interventions].interventions.ensemble"
+    swapped = intervention_config(
+        tmp_path,
+        rule={"treatments": ["No E-Mail", "Womens E-Mail", "Mens E-Mail"]},
+    )
+    with pytest.raises(ConfigError, match="rule.treatments"):
+        describe(swapped.use_cases[0])
+    info = describe(default_config().use_case("interventions"))
+    assert info.intervention_experiment == "interventions" and info.max_k == 1
+    assert info.intervention_policy.startswith("intervention(")
+
+
+def run_calls(router, calls):
+    """Drive the router with several requests on one event loop (the scorer's request
+    batcher belongs to the loop it first ran on)."""
+
+    async def go():
+        out = []
+        for method, path, body in calls:
+            raw = b"" if body is None else msgspec.json.encode(body)
+            path, _, query = path.partition("?")
+            scope = {
+                "type": "http",
+                "method": method,
+                "path": path,
+                "raw_path": path.encode(),
+                "query_string": query.encode(),
+                "root_path": "",
+                "scheme": "http",
+                "server": ("test", 80),
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(raw)).encode()),
+                ],
+            }
+            chunks = [raw]
+
+            async def receive(chunks=chunks):
+                return {
+                    "type": "http.request",
+                    "body": chunks.pop() if chunks else b"",
+                    "more_body": False,
+                }
+
+            response = await router.handle(Request(scope, receive))
+            out.append((response.status_code, msgspec.json.decode(response.body)))
+        return out
+
+    return asyncio.run(go())
+
+
+class BatchOfOne:
+    """The real scorer, each ``/v1/decide`` a batch of one through its batch logic
+    (``decide_and_log``: score, decide, log); Ray's request batcher needs a replica."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    async def decide(self, item):
+        return (await self.scorer.decide_and_log([item]))[0]
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A router with the real intervention scorer (no Ray: its own ledger) and a real
+    decision log."""
+    config = intervention_config(tmp_path)
+    log = open_decision_log(config)
+    scorer = UseCaseScorer(config.use_cases[0], config, log)
+    router = Router(config, {"interventions": BatchOfOne(scorer)}, log)
+    yield router, log, scorer
+    scorer.close()
+    log.close()
+
+
+def context_of(data, i):
+    cols = data.raw_columns()
+    return {
+        k: (
+            float(cols[k][i])
+            if k not in ("history_segment", "zip_code", "channel")
+            else str(cols[k][i])
+        )
+        for k in cols
+    }
+
+
+def test_decide_answers_and_logs_the_intervention(served, test_customers):
+    router, log, scorer = served
+    data, rows = test_customers
+    calls = [
+        (
+            "POST",
+            "/v1/decide",
+            {"use_case": "interventions", "context": context_of(data, i), "unit_id": f"u{i}"},
+        )
+        for i in range(40)
+    ]
+    calls.append(
+        (
+            "POST",
+            "/v1/decide",
+            {
+                "use_case": "interventions",
+                "context": context_of(data, 0),
+                "candidates": [{"id": "Mens E-Mail"}],
+            },
+        )
+    )
+    calls.append(
+        (
+            "POST",
+            "/v1/decide",
+            {
+                "use_case": "interventions",
+                "context": context_of(data, 0),
+                "exclusions": ["Mens E-Mail"],
+            },
+        )
+    )
+    answers = run_calls(router, calls)
+    engine = scorer.engine.interventions
+    local = engine.decide(
+        {k: v[:40] for k, v in data.raw_columns().items()},
+        np.asarray([f"u{i}" for i in range(40)]),
+        spend_budget=False,
+    ).results()
+    logged = {r.decision_id: r for r in read_decisions(log.config.path).records}
+    for (status, answer), want in zip(answers[:40], local, strict=True):
+        assert status == 200, answer
+        inter = answer["intervention"]
+        assert answer["policy"] == "intervention"
+        assert answer["experiment"] == "interventions" and answer["variant"] == inter["reason"]
+        assert inter["action"] == want.action and inter["reason"] == want.reason
+        assert inter["propensity"] == pytest.approx(want.propensity)
+        assert answer["actions"] == [
+            {
+                "id": want.action,
+                "rank": 1,
+                "score": pytest.approx(want.expected_net_value, rel=1e-4, abs=1e-6),
+                "propensity": pytest.approx(want.propensity),
+            }
+        ]
+        record = logged[answer["decision_id"]]
+        assert record.experiment == "interventions" and record.variant == want.reason
+        assert record.actions == [want.action]
+        assert record.propensities == [pytest.approx(want.propensity)]
+        assert record.policy == scorer.engine.info.intervention_policy
+        assert record.candidates == list(engine.treatments)
+    for (status, answer), field in zip(answers[40:], ("candidates", "exclusions"), strict=True):
+        assert status == 400 and answer["error"].startswith(f"{field}: ")
+
+
+def test_batch_endpoint_decides_logs_and_validates(served, test_customers):
+    router, log, scorer = served
+    data, rows = test_customers
+    n = 300
+    units = [{"unit_id": f"b{i}", "context": context_of(data, i)} for i in range(n)]
+    bad_history = [dict(u) for u in units[:3]]
+    bad_history[2] = {"unit_id": "x", "context": {**units[2]["context"], "history": -1.0}}
+    answers = run_calls(
+        router,
+        [
+            (
+                "POST",
+                "/v1/decide/batch",
+                {"use_case": "interventions", "units": units, "dry_run": True},
+            ),
+            ("POST", "/v1/decide/batch", {"use_case": "interventions", "units": units}),
+            ("POST", "/v1/decide/batch", {"use_case": "interventions", "units": []}),
+            ("POST", "/v1/decide/batch", {"use_case": "interventions", "units": bad_history}),
+            (
+                "POST",
+                "/v1/decide/batch",
+                {"use_case": "interventions", "units": [{"context": {"recency": 1.0}}]},
+            ),
+            ("POST", "/v1/decide/batch", {"use_case": "nope", "units": units[:1]}),
+        ],
+    )
+    (s_dry, dry), (s_real, real) = answers[:2]
+    assert s_dry == 200 and s_real == 200
+    assert dry["dry_run"] and all(r["decision_id"] is None for r in dry["results"])
+    local = scorer.engine.interventions.decide(
+        {k: v[:n] for k, v in data.raw_columns().items()},
+        np.asarray([u["unit_id"] for u in units]),
+        spend_budget=False,
+    ).results()
+    assert [r["intervention"]["action"] for r in dry["results"]] == [r.action for r in local]
+    assert [r["intervention"]["action"] for r in real["results"]] == [r.action for r in local]
+    assert [r["unit_id"] for r in real["results"]] == [u["unit_id"] for u in units]
+    records = read_decisions(log.config.path).records
+    assert len(records) == n  # the dry run logged nothing
+    by_id = {r.decision_id: r for r in records}
+    for r in real["results"]:
+        record = by_id[r["decision_id"]]
+        assert record.unit_id == r["unit_id"] and record.variant == r["intervention"]["reason"]
+        assert record.propensities == [pytest.approx(r["intervention"]["propensity"])]
+    errors = answers[2:]
+    assert [s for s, _ in errors] == [400, 400, 400, 404]
+    assert errors[0][1]["error"].startswith("units: ")
+    assert errors[1][1]["error"].startswith("units[2].context.history: ")
+    assert errors[2][1]["error"].startswith("units[0].context")
+    assert "nope" in errors[3][1]["error"]
+
+
+def test_batch_limit_and_budget_are_the_configured_ones(tmp_path, test_customers):
+    data, _ = test_customers
+    config = intervention_config(
+        tmp_path,
+        max_batch_units=50,
+        rule={
+            "costs": {"Mens E-Mail": 0.05, "Womens E-Mail": 0.05},
+            "daily_caps": {"Mens E-Mail": 5, "Womens E-Mail": 5},
+            "holdout_share": 0.1,
+        },
+    )
+    log = open_decision_log(config)
+    scorer = UseCaseScorer(config.use_cases[0], config, log)
+    router = Router(config, {"interventions": BatchOfOne(scorer)}, log)
+    try:
+        units = [{"unit_id": f"c{i}", "context": context_of(data, i)} for i in range(51)]
+        (s1, too_many), (s2, first), (s3, second) = run_calls(
+            router,
+            [
+                ("POST", "/v1/decide/batch", {"use_case": "interventions", "units": units}),
+                ("POST", "/v1/decide/batch", {"use_case": "interventions", "units": units[:50]}),
+                ("POST", "/v1/decide/batch", {"use_case": "interventions", "units": units[:50]}),
+            ],
+        )
+        assert s1 == 400 and "at most 50" in too_many["error"]
+        actions = [r["intervention"]["action"] for r in first["results"] + second["results"]]
+        assert actions.count("Mens E-Mail") <= 5 and actions.count("Womens E-Mail") <= 5
+        reasons = [r["intervention"]["reason"] for r in second["results"]]
+        assert "budget_exhausted" in reasons
+    finally:
+        scorer.close()
+        log.close()
+
+
+def test_impact_route_reports_on_the_logged_decisions(served, test_customers):
+    router, log, scorer = served
+    data, rows = test_customers
+    n = 1500
+    units = [{"unit_id": f"r{i}", "context": context_of(data, i)} for i in range(n)]
+    ((status, sent),) = run_calls(
+        router, [("POST", "/v1/decide/batch", {"use_case": "interventions", "units": units})]
+    )
+    assert status == 200
+    arms = [("No E-Mail", "Mens E-Mail", "Womens E-Mail")[t] for t in data.treatment[:n]]
+    events = [
+        {
+            "decision_id": r["decision_id"],
+            "event_id": kind,
+            "kind": kind,
+            "value": float(data.outcome(kind)[i]),
+        }
+        for i, r in enumerate(sent["results"])
+        if r["intervention"]["action"] == arms[i]
+        for kind in ("visit", "conversion", "spend")
+    ]
+    matched = len(events) // 3
+    answers = run_calls(
+        router,
+        [
+            ("POST", "/v1/feedback", events),
+            (
+                "GET",
+                "/v1/experiments/interventions/impact?feedback_only=true&n_bootstrap=20"
+                "&qini_resamples=10",
+                None,
+            ),
+            ("GET", "/v1/experiments/interventions/impact?n_bootstrap=20&qini_resamples=10", None),
+            ("GET", "/v1/experiments/nope/impact", None),
+            ("GET", "/v1/experiments/interventions/impact?n_bootstrap=1", None),
+            ("GET", "/v1/experiments/interventions/impact?since=soon", None),
+            ("GET", "/v1/experiments/interventions/impact?since=5&until=4", None),
+            ("GET", "/v1/experiments/interventions/impact?feedback_only=maybe", None),
+            ("GET", "/v1/experiments/interventions/impact?verbose=1", None),
+            ("GET", "/v1/experiments/interventions/impact?since=4102444800", None),
+        ],
+    )
+    assert answers[0][0] == 200
+    (s1, only_fb), (s2, everything) = answers[1:3]
+    assert s1 == 200 and s2 == 200
+    assert only_fb["analysed"] == only_fb["report"]["n"] == matched
+    assert everything["analysed"] == n and everything["decisions"] == n
+    assert only_fb["randomized"] == only_fb["report"]["n_randomized"]
+    assert "Average treatment effect" in only_fb["text"]
+    statuses = [s for s, _ in answers[3:]]
+    assert statuses == [404, 400, 400, 400, 400, 400, 404]
+    fields = [a["error"].split(":")[0] for _, a in answers[4:9]]
+    assert fields == ["n_bootstrap", "since", "until", "feedback_only", "verbose"]
+
+
+def test_replay_takes_held_out_customers_and_checks_its_arguments(test_customers, capsys):
+    from nudgeserve.cli import main
+    from nudgeserve.commands.replay import HttpClient, _contexts, _customers
+
+    _, test_rows = test_customers
+    data, rows = _customers(200, seed=3)
+    again, rows_again = _customers(200, seed=3)
+    np.testing.assert_array_equal(rows, rows_again)
+    data_all = load_hillstrom()
+    _, _, all_test = stratified_split(hillstrom_strata(data_all), (0.6, 0.2, 0.2), seed=0)
+    assert set(rows.tolist()) <= set(all_test.tolist())  # never a training customer
+    contexts = _contexts(data)
+    assert len(contexts) == 200 and set(contexts[0]) == set(data.raw_columns())
+    with pytest.raises(ValueError, match="--url"):
+        HttpClient("localhost:8000", 5)
+    with pytest.raises(SystemExit):
+        main(["replay", "--url", "http://127.0.0.1:1", "--limit", "0"])
+    assert "--limit" in capsys.readouterr().err

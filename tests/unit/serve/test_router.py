@@ -129,7 +129,14 @@ def test_compressed_and_chunked_bodies(router):
         ),
         ("POST", "/v1/decide", b"x" * 100, {"content-encoding": "br"}, 415, "Content-Encoding"),
         ("POST", "/v1/decide", b"not gzip", {"content-encoding": "gzip"}, 400, "gzip"),
-        ("GET", "/v2/models/nope", b"", {}, 404, "served models: hillstrom_uplift, obd_click"),
+        (
+            "GET",
+            "/v2/models/nope",
+            b"",
+            {},
+            404,
+            "served models: hillstrom_interventions, hillstrom_uplift, obd_click",
+        ),
         ("GET", "/v2/models/obd_click/versions/0/config", b"", {}, 404, "no version '0'"),
         ("GET", "/v2/models/obd_click/what", b"", {}, 404, "no route"),
         ("POST", "/v2/models/obd_click/infer", b"[]", {}, 400, "infer request is invalid"),
@@ -167,7 +174,11 @@ def test_v2_metadata_routes(router, infos):
     assert config["max_batch_size"] == 64
     assert call(router, "GET", "/v2/models/obd_click/ready").status_code == 200
     index = json.loads(call(router, "POST", "/v2/repository/index").body)
-    assert {m["name"] for m in index} == {"obd_click", "hillstrom_uplift"}
+    assert {m["name"] for m in index} == {
+        "obd_click",
+        "hillstrom_uplift",
+        "hillstrom_interventions",
+    }
     openapi = json.loads(call(router, "GET", "/openapi.json").body)
     assert "/v1/decide" in openapi["paths"]
 

@@ -165,7 +165,7 @@ def test_malformed_bodies(service):
 
 
 def test_unknown_use_case_is_not_found(service):
-    with pytest.raises(ModelNotFound, match="served use cases: hillstrom, obd"):
+    with pytest.raises(ModelNotFound, match="served use cases: hillstrom, interventions, obd"):
         service.prepare(service.decode(body(use_case="nope"), JSON), JSON)
 
 
