@@ -18,41 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._common import non_negative_int, positive_float, positive_int
+
 HELP = "off-policy evaluation: estimate a policy's reward from logged decisions"
 
 SOURCES = ("obd", "parquet", "logs")
 LOG_POLICIES = ("greedy", "epsilon_greedy", "softmax")
 OBD_POLICIES = ("bts", "random", "model-greedy", "model-softmax")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def _estimator_list(text: str) -> tuple[str, ...]:
@@ -77,13 +49,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-weight",
-        type=_positive_float,
+        type=positive_float,
         default=20.0,
         help="clipped IPS clips importance weights here (default 20)",
     )
     parser.add_argument(
         "--n-bootstrap",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="bootstrap replicates for the intervals (default 1000)",
     )
@@ -92,7 +64,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="seed of the bootstrap (and of simulations; default 0)",
     )
@@ -134,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     obd.add_argument(
         "--temperature",
-        type=_positive_float,
+        type=positive_float,
         default=0.5,
         help="model-softmax: softmax temperature on the click model's logits (default 0.5)",
     )
@@ -159,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     obd.add_argument(
         "--n-sim",
-        type=_positive_int,
+        type=positive_int,
         default=100_000,
         help="Thompson-sampling slates simulated for --bts-dist simulated",
     )
@@ -210,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parquet.add_argument(
         "--batch-rows",
-        type=_positive_int,
+        type=positive_int,
         default=65_536,
         help="rows per Ray Data batch (default 65536)",
     )
@@ -246,7 +218,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     logs.add_argument("--epsilon", type=float, default=0.1, help="epsilon_greedy's epsilon")
     logs.add_argument(
-        "--temperature", type=_positive_float, default=1.0, help="softmax's temperature"
+        "--temperature", type=positive_float, default=1.0, help="softmax's temperature"
     )
     logs.add_argument(
         "--reward",
