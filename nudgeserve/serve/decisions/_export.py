@@ -58,7 +58,13 @@ from typing import Any
 
 import msgspec
 
-from ._records import BASE_COLUMNS, OUTCOME_KINDS, DecisionRecord
+from ._records import (
+    BASE_COLUMNS,
+    LEADING_COLUMNS,
+    OUTCOME_KINDS,
+    TRAILING_COLUMNS,
+    DecisionRecord,
+)
 from ._schema import connect
 
 EXPORT_FORMAT_VERSION = 1
@@ -299,27 +305,7 @@ def export_parquet(
 def _columns(
     records: list[DecisionRecord], fb: dict, kinds: tuple[str, ...], reward_kind: str
 ) -> tuple[dict[str, list], int]:
-    names = [
-        "decision_id",
-        "time",
-        "unit_id",
-        "experiment",
-        "variant",
-        "policy",
-        "model_version",
-        "use_case",
-        "model_checkpoint",
-        "action",
-        "action_id",
-        "position",
-        "score",
-        "propensity",
-        "reward",
-        *kinds,
-        "n_feedback",
-        "candidates",
-        "features",
-    ]
+    names = [*LEADING_COLUMNS, *kinds, *TRAILING_COLUMNS]
     cols: dict[str, list] = {n: [] for n in names}
     rewards = [cols[k] for k in kinds]
     kind_index = {k: i for i, k in enumerate(kinds)}

@@ -28,29 +28,28 @@ from ._errors import (
 # Outcome kinds known by default; each becomes a reward column in the Parquet export.
 OUTCOME_KINDS: tuple[str, ...] = ("click", "visit", "conversion", "spend")
 
-# Export columns other than the per-kind rewards; an outcome kind may not take these names.
-BASE_COLUMNS = frozenset(
-    {
-        "decision_id",
-        "time",
-        "unit_id",
-        "experiment",
-        "variant",
-        "policy",
-        "model_version",
-        "use_case",
-        "model_checkpoint",
-        "action",
-        "action_id",
-        "position",
-        "score",
-        "propensity",
-        "reward",
-        "n_feedback",
-        "candidates",
-        "features",
-    }
+# Export columns other than the per-kind rewards, in export order: the reward columns
+# (one per outcome kind) go between the leading and the trailing ones. An outcome kind may
+# not take any of these names.
+LEADING_COLUMNS: tuple[str, ...] = (
+    "decision_id",
+    "time",
+    "unit_id",
+    "experiment",
+    "variant",
+    "policy",
+    "model_version",
+    "use_case",
+    "model_checkpoint",
+    "action",
+    "action_id",
+    "position",
+    "score",
+    "propensity",
+    "reward",
 )
+TRAILING_COLUMNS: tuple[str, ...] = ("n_feedback", "candidates", "features")
+BASE_COLUMNS = frozenset(LEADING_COLUMNS + TRAILING_COLUMNS)
 
 # Longest id accepted for decision_id / event_id / action; keeps one bad client from
 # filling the index with megabyte keys.
