@@ -64,7 +64,7 @@ def _serve_tiny(port: int) -> None:
     from ray import serve
     from starlette.responses import Response
 
-    from nudgeserve.serve._local import default_temp_dir, free_port
+    from nudgeserve.serve.ray.local import default_temp_dir, free_port
 
     @serve.deployment(max_ongoing_requests=256)
     class Tiny:
@@ -105,7 +105,7 @@ def _serve_tiny(port: int) -> None:
 
 def _env_for(mode: str, port: int) -> dict[str, str]:
     from nudgeserve.serve._env import ray_ingress_environment
-    from nudgeserve.serve._local import GATEWAY_PORTS, LOCAL_DRAINING_PERIOD_S
+    from nudgeserve.serve.ray.local import GATEWAY_PORTS, LOCAL_DRAINING_PERIOD_S
 
     env = dict(os.environ)
     env.update(ray_ingress_environment(mode, port, GATEWAY_PORTS))
@@ -114,7 +114,7 @@ def _env_for(mode: str, port: int) -> dict[str, str]:
 
 
 def _start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    from nudgeserve.serve._local import wait_ready
+    from nudgeserve.serve.ray.local import wait_ready
 
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
         return 2
-    from nudgeserve.serve._local import free_port
+    from nudgeserve.serve.ray.local import free_port
 
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)

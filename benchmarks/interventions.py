@@ -48,7 +48,7 @@ def _units(n: int) -> list[dict]:
 
 
 def _start_server(state_dir: Path) -> tuple[subprocess.Popen, str]:
-    from nudgeserve.serve._local import free_port, wait_ready
+    from nudgeserve.serve.ray.local import free_port, wait_ready
 
     port = free_port()
     env = dict(os.environ)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # In-process engine: the same ensemble, rule and featurizer the server loads.
     from nudgeserve.serve.config import default_config
-    from nudgeserve.serve.usecases import build_engine
+    from nudgeserve.serve.engine.usecases import build_engine
 
     settings = default_config().use_case(args.use_case)
     engine = build_engine(settings)

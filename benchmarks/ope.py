@@ -2,7 +2,7 @@
 
     python -m benchmarks.ope [--json PATH] [--threads 1,2] [--only SUBSTRING]
 
-Cases (data from the shared synthetic generator, ``nudgeserve.models._ope_synthetic``):
+Cases (data from the shared synthetic generator, ``nudgeserve.models.evaluation._synthetic``):
 
 - bootstrap sums: the compiled Poisson-bootstrap kernel vs its NumPy reference (count
   matrix then matmul), the same numbers.
@@ -28,7 +28,7 @@ from benchmarks._timing import (
 
 
 def _obd_sized(n: int = 10_000, n_items: int = 80, n_positions: int = 3, seed: int = 0):
-    from nudgeserve.models._ope_synthetic import make_synthetic_bandit
+    from nudgeserve.models.evaluation._synthetic import make_synthetic_bandit
 
     bandit = make_synthetic_bandit(
         n_contexts=50, n_actions=n_items, n_positions=n_positions, logging_floor=1.0, seed=seed
@@ -66,7 +66,7 @@ def _resampling_loop(logs, dist, q, n_bootstrap: int, seed: int = 0) -> dict:
 
 
 def cases() -> list[Case]:
-    from nudgeserve.models import ope
+    from nudgeserve.models.evaluation import ope
 
     out = []
     for n, b in ((10_000, 1000), (100_000, 500)):

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from nudgeserve import __version__
 
 # (command name, module under nudgeserve.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import non_negative_int, positive_float, positive_int
+from nudgeserve.commands._common import non_negative_int, positive_float, positive_int
 
 HELP = "off-policy evaluation: estimate a policy's reward from logged decisions"
 
@@ -28,7 +28,7 @@ OBD_POLICIES = ("bts", "random", "model-greedy", "model-softmax")
 
 
 def _estimator_list(text: str) -> tuple[str, ...]:
-    from nudgeserve.models.ope import ESTIMATORS
+    from nudgeserve.models.evaluation.ope import ESTIMATORS
 
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in ESTIMATORS]
@@ -288,7 +288,7 @@ def _obd_model(args: argparse.Namespace, campaign: str) -> Any:
         loaded = load_checkpoint(shipped, expected_kind="obd_click")
         if loaded.spec.campaign == campaign:
             return loaded, f"shipped checkpoint {shipped.name}"
-    from nudgeserve.models.training import ObdTrainConfig, train_obd
+    from nudgeserve.models.learn.training import ObdTrainConfig, train_obd
 
     print(
         f"training a click model for campaign {campaign} (no checkpoint for it) ...",
@@ -348,7 +348,8 @@ def _model_rows_trained(loaded: Any, logs: str, campaign: str) -> int:
 def run_obd(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from nudgeserve.models import ObdScorer, load_obd, ope
+    from nudgeserve.models import ObdScorer, load_obd
+    from nudgeserve.models.evaluation import ope
 
     log = load_obd(args.logs, args.campaign)
     n_items, n_pos = log.n_items, 3
@@ -517,13 +518,13 @@ def run_obd(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_parquet(args: argparse.Namespace) -> dict[str, Any]:
-    from nudgeserve.models import ope
+    from nudgeserve.models.evaluation import ope
 
     notes = []
     if args.ray:
         import ray
 
-        from nudgeserve.serve.ope_ray_data import evaluate_parquet_ray
+        from nudgeserve.serve.ray.ope_data import evaluate_parquet_ray
 
         started = not ray.is_initialized()
         if started:
@@ -601,11 +602,11 @@ def run_logs(args: argparse.Namespace) -> dict[str, Any]:
     import msgspec
 
     from nudgeserve.commands.export import parse_time
-    from nudgeserve.models import ope
+    from nudgeserve.models.evaluation import ope
     from nudgeserve.serve import _env
     from nudgeserve.serve.config import default_config, load_config
-    from nudgeserve.serve.reports import ope_logs, read_decisions
-    from nudgeserve.serve.usecases import build_engine
+    from nudgeserve.serve.engine.reports import ope_logs, read_decisions
+    from nudgeserve.serve.engine.usecases import build_engine
 
     path = args.config or _env.config_path()
     config = load_config(path).app if path is not None else default_config()

@@ -188,7 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace, *, with_design: bool) -> Any:
     import msgspec
 
-    from nudgeserve.models.intervention import InterventionConfig
+    from nudgeserve.models.policies.intervention import InterventionConfig
 
     if args.config is not None:
         raw = args.config.read_bytes()
@@ -224,8 +224,8 @@ def _write_json(path: Path, report: Any) -> None:
 
 
 def _run_hillstrom(args: argparse.Namespace) -> int:
-    from nudgeserve.models.impact import hillstrom_impact
-    from nudgeserve.models.uplift_uncertainty import load_uplift_ensemble
+    from nudgeserve.models.evaluation.impact import hillstrom_impact
+    from nudgeserve.models.learn.uplift_ensemble import load_uplift_ensemble
 
     config = _config(args, with_design=False)
     ensemble = load_uplift_ensemble(args.ensemble)
@@ -239,7 +239,7 @@ def _run_hillstrom(args: argparse.Namespace) -> int:
     )
     print(report.to_text())
     if args.plots is not None:
-        from nudgeserve.models.plots import plot_qini, plot_segment_effects
+        from nudgeserve.models.evaluation.plots import plot_qini, plot_segment_effects
 
         written = []
         for outcome in ("visit", "conversion", "spend"):
@@ -271,7 +271,7 @@ def _run_hillstrom(args: argparse.Namespace) -> int:
 def _run_logs(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from nudgeserve.models.impact import impact_from_logs, qini_band
+    from nudgeserve.models.evaluation.impact import impact_from_logs, qini_band
 
     config = _config(args, with_design=True)
     report = impact_from_logs(
@@ -284,8 +284,8 @@ def _run_logs(args: argparse.Namespace) -> int:
     )
     print(report.to_text())
     if args.plots is not None:
-        from nudgeserve.models.impact import logs_arrays, read_decision_logs
-        from nudgeserve.models.plots import plot_qini
+        from nudgeserve.models.evaluation.impact import logs_arrays, read_decision_logs
+        from nudgeserve.models.evaluation.plots import plot_qini
 
         arrays = logs_arrays(read_decision_logs([str(p) for p in args.paths]), config)
         written = []
@@ -336,7 +336,7 @@ def _ensemble_command(args: argparse.Namespace) -> str:
 
 
 def _run_train_ensemble(args: argparse.Namespace) -> int:
-    from nudgeserve.models.uplift_uncertainty import (
+    from nudgeserve.models.learn.uplift_ensemble import (
         DEFAULT_ENSEMBLE,
         EnsembleTrainConfig,
         save_uplift_ensemble,

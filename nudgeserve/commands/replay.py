@@ -142,7 +142,7 @@ def _customers(limit: int | None, seed: int) -> tuple[Any, Any]:
     """(the test split's customers in replay order, their rows in the Hillstrom file)."""
     import numpy as np
 
-    from nudgeserve.models.datasets import hillstrom_strata, load_hillstrom, stratified_split
+    from nudgeserve.models.learn.datasets import hillstrom_strata, load_hillstrom, stratified_split
 
     data = load_hillstrom()
     # The uplift models' split (``models.training.hillstrom_splits`` defaults): the test

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if args.state_dir is not None:
             config = with_state_dir(config, args.state_dir)
         if args.check:
-            from nudgeserve.serve.usecases import describe
+            from nudgeserve.serve.engine.usecases import describe
 
             for settings in config.use_cases:
                 info = describe(settings)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"decision log: {path}")
             print(f"config OK ({path or 'built-in defaults'})")
             return 0
-        from nudgeserve.serve._local import start_local
+        from nudgeserve.serve.ray.local import start_local
 
         server = start_local(config, host, port, temp_dir=args.ray_temp_dir, num_cpus=args.num_cpus)
     except ConfigError as exc:

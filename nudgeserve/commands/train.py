@@ -69,7 +69,7 @@ def _command_line(args: argparse.Namespace, epochs: int) -> str:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `nudgeserve --help` never loads torch.
     from nudgeserve.models import save_checkpoint
-    from nudgeserve.models.training import (
+    from nudgeserve.models.learn.training import (
         HillstromTrainConfig,
         ObdTrainConfig,
         train_hillstrom,

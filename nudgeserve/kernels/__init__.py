@@ -5,13 +5,17 @@ Cython and/or Numba versions; one backend per op is chosen at import (see ``_bac
 This package imports nothing else of nudgeserve.
 """
 
-from ._backend import REGISTRY, chosen_backends, default_profile_path
-from ._threads import get_num_threads, set_num_threads
-from ._warmup import warmup
-from .hashing import hash_categorical, murmurhash3_32
-from .sampling import epsilon_greedy_slate, plackett_luce_slate, thompson_bernoulli_slate
-from .topk import topk
-from .transforms import bucketize, clip, log1p, standardize
+from nudgeserve.kernels._backend import REGISTRY, chosen_backends, default_profile_path
+from nudgeserve.kernels._threads import get_num_threads, set_num_threads
+from nudgeserve.kernels._warmup import warmup
+from nudgeserve.kernels.hashing import hash_categorical, murmurhash3_32
+from nudgeserve.kernels.sampling import (
+    epsilon_greedy_slate,
+    plackett_luce_slate,
+    thompson_bernoulli_slate,
+)
+from nudgeserve.kernels.topk import topk
+from nudgeserve.kernels.transforms import bucketize, clip, log1p, standardize
 
 __all__ = [
     "REGISTRY",

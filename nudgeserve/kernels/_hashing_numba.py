@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 
-from ._hashing_ref import first_bad_code_point, utf8_concat
+from nudgeserve.kernels._hashing_ref import first_bad_code_point, utf8_concat
 
 # Below these batch sizes one thread is faster than starting the thread team.
 PARALLEL_MIN_UCS4_CHARS = 1 << 18

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ._backend import REGISTRY, default_profile_path
+from nudgeserve.kernels._backend import REGISTRY, default_profile_path
 
 
 def _median_seconds(fn: Callable[[], object], samples: int, min_sample_s: float = 2e-3) -> float:

@@ -19,8 +19,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import _sampling_ref as ref
-from ._topk_numba import _topk_row
+from nudgeserve.kernels import _sampling_ref as ref
+from nudgeserve.kernels._topk_numba import _topk_row
 
 PARALLEL_MIN_ELEMENTS = 32768
 

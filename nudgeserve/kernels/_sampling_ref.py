@@ -27,8 +27,8 @@ import math
 
 import numpy as np
 
-from . import _rng
-from ._topk_ref import topk as _topk_ref
+from nudgeserve.kernels import _rng
+from nudgeserve.kernels._topk_ref import topk as _topk_ref
 
 PAD_INDEX = -1
 PAD_PROPENSITY = np.nan

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ._transforms_ref import (
+from nudgeserve.kernels._transforms_ref import (
     LG1,
     LG2,
     LG3,

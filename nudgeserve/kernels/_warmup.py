@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ._backend import REGISTRY
+from nudgeserve.kernels._backend import REGISTRY
 
 
 def warmup() -> dict[str, float]:

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _hashing_ref
-from ._backend import REGISTRY
-from ._threads import get_num_threads
+from nudgeserve.kernels import _hashing_ref
+from nudgeserve.kernels._backend import REGISTRY
+from nudgeserve.kernels._threads import get_num_threads
 
 __all__ = ["hash_categorical", "murmurhash3_32"]
 
@@ -44,7 +44,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 def _load_cython(name: str):
     def load():
-        from . import _hashing
+        from nudgeserve.kernels import _hashing
 
         return getattr(_hashing, name)
 
@@ -53,7 +53,7 @@ def _load_cython(name: str):
 
 def _load_numba(name: str):
     def load():
-        from . import _hashing_numba
+        from nudgeserve.kernels import _hashing_numba
 
         return getattr(_hashing_numba, name)
 

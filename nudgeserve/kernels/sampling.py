@@ -30,9 +30,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._backend import REGISTRY
-from ._threads import get_num_threads
-from .topk import check_k, check_mask, check_scores
+from nudgeserve.kernels._backend import REGISTRY
+from nudgeserve.kernels._threads import get_num_threads
+from nudgeserve.kernels.topk import check_k, check_mask, check_scores
 
 __all__ = ["epsilon_greedy_slate", "plackett_luce_slate", "thompson_bernoulli_slate"]
 
@@ -323,12 +323,12 @@ _TABLES = _TableCache(max_rows=256)
 
 def _loaders(name: str) -> dict:
     def numba_impl():
-        from . import _sampling_numba
+        from nudgeserve.kernels import _sampling_numba
 
         return getattr(_sampling_numba, name)
 
     def numpy_impl():
-        from . import _sampling_ref
+        from nudgeserve.kernels import _sampling_ref
 
         return getattr(_sampling_ref, name)
 
@@ -365,7 +365,7 @@ def _thompson_table_example(size: str):
 
 def _load_table():
     # Deterministic quadrature over whole grids: NumPy is the natural (and only) backend.
-    from ._sampling_ref import thompson_slot_probabilities
+    from nudgeserve.kernels._sampling_ref import thompson_slot_probabilities
 
     return thompson_slot_probabilities
 

@@ -11,8 +11,8 @@ import numbers
 
 import numpy as np
 
-from ._backend import REGISTRY
-from ._threads import get_num_threads
+from nudgeserve.kernels._backend import REGISTRY
+from nudgeserve.kernels._threads import get_num_threads
 
 __all__ = ["topk"]
 
@@ -93,19 +93,19 @@ def topk(
 
 
 def _load_cython():
-    from ._topk import topk as impl
+    from nudgeserve.kernels._topk import topk as impl
 
     return impl
 
 
 def _load_numba():
-    from ._topk_numba import topk as impl
+    from nudgeserve.kernels._topk_numba import topk as impl
 
     return impl
 
 
 def _load_numpy():
-    from ._topk_ref import topk as impl
+    from nudgeserve.kernels._topk_ref import topk as impl
 
     return impl
 

@@ -49,9 +49,9 @@ import numbers
 
 import numpy as np
 
-from . import _transforms_ref
-from ._backend import DEFAULT_ORDER, REGISTRY
-from ._threads import get_num_threads
+from nudgeserve.kernels import _transforms_ref
+from nudgeserve.kernels._backend import DEFAULT_ORDER, REGISTRY
+from nudgeserve.kernels._threads import get_num_threads
 
 __all__ = ["bucketize", "clip", "log1p", "standardize"]
 
@@ -61,12 +61,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 def _loaders(op: str) -> dict:
     def cython():
-        from . import _transforms
+        from nudgeserve.kernels import _transforms
 
         return getattr(_transforms, op)
 
     def numba():
-        from . import _transforms_numba
+        from nudgeserve.kernels import _transforms_numba
 
         return getattr(_transforms_numba, op)
 

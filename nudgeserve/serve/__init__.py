@@ -7,23 +7,14 @@ HTTP, no Ray). ``deployments`` and ``app`` put them on Ray Serve. Importing this
 does not import Ray or torch; ``build_app`` and ``app_builder`` do.
 """
 
-from .config import (
+from nudgeserve.serve.config import (
     LoadedConfig,
     ServeConfig,
     default_config,
     load_config,
     parse_config,
 )
-from .decision_api import (
-    Candidate,
-    DecideRequest,
-    DecideResponse,
-    HillstromContext,
-    ObdContext,
-    ObdItemFeatures,
-    RankedAction,
-)
-from .errors import (
+from nudgeserve.serve.errors import (
     BatchError,
     ConfigError,
     InvalidRequest,
@@ -37,18 +28,27 @@ from .errors import (
     UnsupportedMediaType,
     http_error,
 )
+from nudgeserve.serve.protocol.decide import (
+    Candidate,
+    DecideRequest,
+    DecideResponse,
+    HillstromContext,
+    ObdContext,
+    ObdItemFeatures,
+    RankedAction,
+)
 
 
 def build_app(config: ServeConfig, **kwargs):
     """The Ray Serve application for ``config`` (see ``app.build_app``)."""
-    from .app import build_app as _build
+    from nudgeserve.serve.ray.app import build_app as _build
 
     return _build(config, **kwargs)
 
 
 def app_builder(args: dict):
     """``serve deploy`` entry point (see ``app.app_builder``)."""
-    from .app import app_builder as _builder
+    from nudgeserve.serve.ray.app import app_builder as _builder
 
     return _builder(args)
 

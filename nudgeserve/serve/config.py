@@ -5,7 +5,7 @@ One file serves both ways of running:
 - ``nudgeserve run --config FILE`` reads it, starts a local Ray and the app;
 - ``serve deploy FILE`` on a Ray cluster reads the same file, because it *is* a Ray Serve
   config: our settings are the ``args`` of the application whose ``import_path`` is
-  ``nudgeserve.serve.app:app_builder``, and Ray's ``http_options`` say host and port.
+  ``nudgeserve.serve.ray.app:app_builder``, and Ray's ``http_options`` say host and port.
 
 A file holding only our settings (no ``applications`` key) is accepted too. Every value is
 checked when the file is loaded; an error names the setting as a path, the bad value and
@@ -22,9 +22,9 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
-from .errors import ConfigError
+from nudgeserve.serve.errors import ConfigError
 
-APP_IMPORT_PATH = "nudgeserve.serve.app:app_builder"
+APP_IMPORT_PATH = "nudgeserve.serve.ray.app:app_builder"
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -149,7 +149,7 @@ class Batching(_Settings):
 class Learning(_Settings):
     """Online learning of a use case's bandit policies (``thompson``, ``linear``): one
     learner actor per use case reads the decision log and replicas serve from its
-    snapshots (``nudgeserve.serve.learner``, which states the staleness bound).
+    snapshots (``nudgeserve.serve.ray.learner``, which states the staleness bound).
 
     reward: the outcome kind that is the reward (one of ``decision_log.outcome_kinds``).
     reward_delay_s: a decision is learned from this long after it was made (its reward
@@ -213,7 +213,7 @@ INTERVENTION_OBJECTIVES = ("visit", "conversion", "spend")
 
 class Interventions(_Settings):
     """Intervention decisions with uncertainty, shared daily caps and a random holdout
-    (``nudgeserve.serve.interventions``; the rule: ``nudgeserve.models.intervention``).
+    (``nudgeserve.serve.engine.interventions``; the rule: ``nudgeserve.models.policies.intervention``).
 
     rule: the decision rule, ``InterventionConfig``'s fields (``objective``,
         ``value_per_unit``, ``costs``, ``threshold``, ``confidence``, ``holdout_share``,
@@ -251,7 +251,7 @@ class Interventions(_Settings):
         Imported here, not at module level: importing the models package imports torch,
         and importing the config must not.
         """
-        from nudgeserve.models.intervention import InterventionConfig
+        from nudgeserve.models.policies.intervention import InterventionConfig
 
         try:
             rule = msgspec.convert(self.rule, InterventionConfig)
@@ -433,7 +433,7 @@ class DecisionLogSettings(_Settings):
     def log_config(self, state_dir: str) -> Any:
         """The ``DecisionLogConfig`` (raises ``InvalidDecisionLogConfig`` naming a bad
         setting); ``path`` joined to ``state_dir`` when relative."""
-        from .decisions import DecisionLogConfig
+        from nudgeserve.serve.decisions import DecisionLogConfig
 
         fields = {f: getattr(self, f) for f in self.__struct_fields__ if f != "enabled"}
         fields["path"] = str(Path(state_dir) / self.path)

@@ -19,7 +19,7 @@ START_TIMEOUT_S = 240
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    from nudgeserve.serve._local import free_port, wait_ready
+    from nudgeserve.serve.ray.local import free_port, wait_ready
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"

@@ -26,7 +26,7 @@ import msgspec
 import pytest
 
 from nudgeserve.serve.config import default_config
-from nudgeserve.serve.serving import assign_variant
+from nudgeserve.serve.http.decide import assign_variant
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
@@ -45,7 +45,7 @@ CUSTOMER = {
 
 @pytest.fixture(scope="module")
 def loop_server(tmp_path_factory):
-    from nudgeserve.serve._local import free_port, wait_ready
+    from nudgeserve.serve.ray.local import free_port, wait_ready
 
     port = free_port()
     state = tmp_path_factory.mktemp("state")

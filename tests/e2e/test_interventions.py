@@ -17,9 +17,9 @@ import pytest
 
 from nudgeserve.cli import main
 from nudgeserve.commands.replay import _contexts, _customers
-from nudgeserve.models.intervention import REASONS
+from nudgeserve.models.policies.intervention import REASONS
 from nudgeserve.serve.config import default_config
-from nudgeserve.serve.usecases import build_engine
+from nudgeserve.serve.engine.usecases import build_engine
 
 USE_CASE = "interventions"
 CONTEXT = {

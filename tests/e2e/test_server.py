@@ -27,7 +27,7 @@ from nudgeserve.models import (
     load_obd,
 )
 from nudgeserve.serve.config import default_config
-from nudgeserve.serve.serving import assign_variant
+from nudgeserve.serve.http.decide import assign_variant
 
 
 @pytest.fixture(scope="module")

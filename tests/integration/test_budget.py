@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from nudgeserve.serve.budget import (
+from nudgeserve.serve.ray.budget import (
     BudgetClient,
     BudgetUnavailable,
     budget_actor_name,
@@ -102,9 +102,9 @@ def test_a_stopped_budget_fails_the_batch(ray, tmp_path):
 
 def test_the_rule_decides_on_the_shared_budget(ray, tmp_path):
     from nudgeserve.models import load_hillstrom
-    from nudgeserve.models.intervention import InterventionConfig
-    from nudgeserve.models.uplift_uncertainty import load_uplift_ensemble
-    from nudgeserve.serve.interventions import InterventionEngine
+    from nudgeserve.models.learn.uplift_ensemble import load_uplift_ensemble
+    from nudgeserve.models.policies.intervention import InterventionConfig
+    from nudgeserve.serve.engine.interventions import InterventionEngine
 
     config = InterventionConfig(
         costs={"Mens E-Mail": 0.05, "Womens E-Mail": 0.05},

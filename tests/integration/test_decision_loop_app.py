@@ -17,7 +17,6 @@ import urllib.request
 import msgspec
 import pytest
 
-from nudgeserve.serve.app import APP_NAME, build_app
 from nudgeserve.serve.config import (
     Autoscaling,
     DeploymentSettings,
@@ -29,6 +28,7 @@ from nudgeserve.serve.config import (
     default_config,
 )
 from nudgeserve.serve.decisions import DecisionLog
+from nudgeserve.serve.ray.app import APP_NAME, build_app
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -39,7 +39,7 @@ ADMIN = "integration-admin-token-0123456789"
 
 @pytest.fixture(scope="module")
 def url(local_ray):
-    from nudgeserve.serve._local import free_port
+    from nudgeserve.serve.ray.local import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -168,7 +168,7 @@ def test_feedback_reaches_the_thompson_arm_through_the_learner(url, tmp_path):
         assert last.count(good) >= 24, last
     finally:
         serve.delete(APP_NAME)
-        from nudgeserve.serve.bandits import stop_learners
+        from nudgeserve.serve.engine.bandits import stop_learners
 
         stop_learners(config)
 

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from nudgeserve.models.linear_bandit import LinearBandit
+from nudgeserve.models.policies.linear_bandit import LinearBandit
 from nudgeserve.serve.decisions import DecisionLog, DecisionRecord, FeedbackEvent
-from nudgeserve.serve.learner import (
+from nudgeserve.serve.ray.learner import (
     LearnerClient,
     LearnerConfig,
     LearnerConfigMismatch,

@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from nudgeserve.models import ope
-from nudgeserve.models._ope_synthetic import make_synthetic_bandit
+from nudgeserve.models.evaluation import ope
+from nudgeserve.models.evaluation._synthetic import make_synthetic_bandit
 
 ray = pytest.importorskip("ray")
 
-from nudgeserve.serve.ope_ray_data import evaluate_parquet_ray  # noqa: E402
+from nudgeserve.serve.ray.ope_data import evaluate_parquet_ray  # noqa: E402
 
 RAY_TEMP_NAME = "ope"
 N_ROWS = 12_000

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from nudgeserve.models import InvalidFeatures, load_obd
-from nudgeserve.serve.app import APP_NAME, build_app
 from nudgeserve.serve.config import (
     Autoscaling,
     Batching,
@@ -29,9 +28,10 @@ from nudgeserve.serve.config import (
     ServerSettings,
     default_config,
 )
-from nudgeserve.serve.decision_api import ObdContext
-from nudgeserve.serve.decision_records import policy_label
-from nudgeserve.serve.usecases import DecisionItem, DecisionMeta, build_engine
+from nudgeserve.serve.engine.records import policy_label
+from nudgeserve.serve.engine.usecases import DecisionItem, DecisionMeta, build_engine
+from nudgeserve.serve.protocol.decide import ObdContext
+from nudgeserve.serve.ray.app import APP_NAME, build_app
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -39,7 +39,7 @@ from ray import serve  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ray_session():
-    from nudgeserve.serve._local import default_temp_dir, free_port, prepare_environment
+    from nudgeserve.serve.ray.local import default_temp_dir, free_port, prepare_environment
 
     saved = dict(os.environ)
     temp_dir = default_temp_dir()

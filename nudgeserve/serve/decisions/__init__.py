@@ -5,8 +5,8 @@ per process. See README.md beside this file for the API the server calls and the
 durability contract. Imports nothing of Ray or HTTP, and not pyarrow until an export.
 """
 
-from ._config import DecisionLogConfig
-from ._errors import (
+from nudgeserve.serve.decisions._config import DecisionLogConfig
+from nudgeserve.serve.decisions._errors import (
     DecisionLogClosed,
     DecisionLogError,
     DecisionLogOverloaded,
@@ -18,8 +18,13 @@ from ._errors import (
     InvalidFeedbackType,
     SchemaVersionError,
 )
-from ._export import ExportSummary, arrow_schema, export_parquet, read_export_metadata
-from ._records import (
+from nudgeserve.serve.decisions._export import (
+    ExportSummary,
+    arrow_schema,
+    export_parquet,
+    read_export_metadata,
+)
+from nudgeserve.serve.decisions._records import (
     OUTCOME_KINDS,
     DecisionLogStats,
     DecisionRecord,
@@ -27,9 +32,9 @@ from ._records import (
     FeedbackResult,
     FeedbackStatus,
 )
-from ._schema import SCHEMA_VERSION
-from ._shutdown import install_sigterm_handler
-from ._store import DecisionLog
+from nudgeserve.serve.decisions._schema import SCHEMA_VERSION
+from nudgeserve.serve.decisions._shutdown import install_sigterm_handler
+from nudgeserve.serve.decisions._store import DecisionLog
 
 __all__ = [
     "OUTCOME_KINDS",

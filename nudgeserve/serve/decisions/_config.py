@@ -7,8 +7,8 @@ from typing import Literal
 
 import msgspec
 
-from ._errors import InvalidDecisionLogConfig
-from ._records import BASE_COLUMNS, MAX_ID_LENGTH, OUTCOME_KINDS
+from nudgeserve.serve.decisions._errors import InvalidDecisionLogConfig
+from nudgeserve.serve.decisions._records import BASE_COLUMNS, MAX_ID_LENGTH, OUTCOME_KINDS
 
 DURABILITY = ("commit", "enqueue")
 SYNCHRONOUS = ("NORMAL", "FULL")

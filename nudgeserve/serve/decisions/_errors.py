@@ -9,7 +9,7 @@ an ``Overloaded`` (503 + Retry-After), a closed log ``NotReady`` (503). A bad
 
 from __future__ import annotations
 
-from ..errors import ConfigError, InvalidRequest, NotReady, NudgeError, Overloaded
+from nudgeserve.serve.errors import ConfigError, InvalidRequest, NotReady, NudgeError, Overloaded
 
 
 class DecisionLogError(NudgeError):

@@ -1,6 +1,6 @@
 """Joined decisions + outcomes to Parquet: the file the off-policy evaluator reads.
 
-One row per (decision, slot), in the layout of ``nudgeserve.models.ope.OPE_LOG_COLUMNS``
+One row per (decision, slot), in the layout of ``nudgeserve.models.evaluation.ope.OPE_LOG_COLUMNS``
 (``decision_id``, ``action`` as an index into the row's candidates, ``position``,
 ``reward``, ``propensity``) plus what the log knows beyond it. Columns, in order:
 
@@ -58,14 +58,14 @@ from typing import Any
 
 import msgspec
 
-from ._records import (
+from nudgeserve.serve.decisions._records import (
     BASE_COLUMNS,
     LEADING_COLUMNS,
     OUTCOME_KINDS,
     TRAILING_COLUMNS,
     DecisionRecord,
 )
-from ._schema import connect
+from nudgeserve.serve.decisions._schema import connect
 
 EXPORT_FORMAT_VERSION = 1
 METADATA_KEY = b"nudgeserve.decision_log"

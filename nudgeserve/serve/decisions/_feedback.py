@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ._records import FeedbackResult
+from nudgeserve.serve.decisions._records import FeedbackResult
 
 # (decision_id, event_id, kind, value, time, action, received_at): what the producer
 # thread hands the writer, already validated, with time filled in.

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ._errors import (
+from nudgeserve.serve.decisions._errors import (
     InvalidDecisionRecord,
     InvalidDecisionRecordType,
     InvalidFeedback,

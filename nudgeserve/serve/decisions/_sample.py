@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._records import DecisionRecord, FeedbackEvent
+from nudgeserve.serve.decisions._records import DecisionRecord, FeedbackEvent
 
 
 def sample_decisions(

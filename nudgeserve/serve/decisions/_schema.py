@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from ._errors import SchemaVersionError
+from nudgeserve.serve.decisions._errors import SchemaVersionError
 
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (

@@ -39,9 +39,13 @@ from typing import Any
 
 import msgspec
 
-from ._config import DecisionLogConfig
-from ._errors import DecisionLogClosed, DecisionLogOverloaded, InvalidFeedbackType
-from ._records import (
+from nudgeserve.serve.decisions._config import DecisionLogConfig
+from nudgeserve.serve.decisions._errors import (
+    DecisionLogClosed,
+    DecisionLogOverloaded,
+    InvalidFeedbackType,
+)
+from nudgeserve.serve.decisions._records import (
     DecisionLogStats,
     DecisionRecord,
     FeedbackEvent,
@@ -49,8 +53,8 @@ from ._records import (
     validate_decision,
     validate_feedback,
 )
-from ._schema import DecisionRow, connect
-from ._writer import (
+from nudgeserve.serve.decisions._schema import DecisionRow, connect
+from nudgeserve.serve.decisions._writer import (
     DECISIONS,
     FEEDBACK,
     FLUSH,
@@ -330,7 +334,7 @@ class DecisionLog:
         ``options`` are those of ``export_parquet`` (``reward_kind``, ``annotate``,
         ``chunk_decisions``); the outcome kinds are this log's. Returns an ExportSummary.
         """
-        from ._export import export_parquet
+        from nudgeserve.serve.decisions._export import export_parquet
 
         if not self.closed:
             self.flush()

@@ -38,10 +38,16 @@ from typing import Any
 
 import msgspec
 
-from ._config import DecisionLogConfig
-from ._errors import DecisionLogWriteError
-from ._feedback import EventRow, apply_feedback, rejoin_orphans
-from ._schema import INSERT_DECISION, DecisionRow, connect, is_busy, migrate
+from nudgeserve.serve.decisions._config import DecisionLogConfig
+from nudgeserve.serve.decisions._errors import DecisionLogWriteError
+from nudgeserve.serve.decisions._feedback import EventRow, apply_feedback, rejoin_orphans
+from nudgeserve.serve.decisions._schema import (
+    INSERT_DECISION,
+    DecisionRow,
+    connect,
+    is_busy,
+    migrate,
+)
 
 log = logging.getLogger("nudgeserve.decisions")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nudgeserve.models import load_hillstrom, load_obd
-from nudgeserve.models.training import (
+from nudgeserve.models.learn.training import (
     HillstromTrainConfig,
     ObdTrainConfig,
     train_hillstrom,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from nudgeserve.serve.config import default_config
-from nudgeserve.serve.usecases import build_engine
+from nudgeserve.serve.engine.usecases import build_engine
 
 
 @pytest.fixture(scope="session")

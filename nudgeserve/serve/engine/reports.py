@@ -1,0 +1,482 @@
+"""Reports from the decision log: experiment arms compared, candidate policies evaluated.
+
+Reads the decision log's SQLite file (read-only; the server may be writing it) and the
+models; knows neither HTTP nor Ray. Two users: ``GET /v1/experiments/{id}/report`` and
+``nudgeserve evaluate logs``.
+
+Per experiment arm (``experiment_report``):
+
+- ``decisions``: decisions logged for the arm;
+- per outcome kind: ``events`` (joined feedback events), ``decisions_with_outcome``,
+  ``rate`` = decisions with an outcome / decisions with a 95 % Wilson score interval, and
+  ``value_per_decision`` (mean summed value, e.g. spend) with a normal interval;
+- ``lift`` against the control arm (``Experiment.control_arm``) on the reward kind's rate:
+  the difference with Newcombe's hybrid score interval and the relative lift
+  (rate ratio - 1) with the log-ratio (Katz) interval;
+- ``ope``: off-policy estimates (IPS, SNIPS, and DR where the model predicts the reward)
+  of candidate policies on the arm's logged decisions, with bootstrap intervals, the
+  effective sample size and warnings (``nudgeserve.models.evaluation.ope``).
+
+Rates count a decision once however many events it got; only *joined* feedback counts
+(orphaned, expired and rejected events stay out, as in the Parquet export). Recent
+decisions whose outcomes may still arrive lower the rates: pass ``until`` to leave them
+out.
+
+Off-policy rows are (decision, slot) pairs as the export writes them: ``action`` indexes
+the decision's candidates, ``propensity`` is the logged slot marginal, the reward is the
+slot action's reward plus the decision-level one. A candidate policy's slot marginals
+over the candidates come from replaying the logged replay vector (``usecases``) through
+a model: only decisions made by that model's checkpoint are used (another checkpoint may
+hash features differently), and the report says how many.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from nudgeserve.serve.decisions import DecisionRecord
+
+# Two-sided 95 % normal quantile.
+Z95 = 1.959963984540054
+# Bootstrap replicates for report intervals: a report answers an HTTP request.
+REPORT_BOOTSTRAP = 200
+CANDIDATE_POLICIES = ("greedy", "epsilon_greedy", "softmax")
+
+_record_decoder = msgspec.msgpack.Decoder(DecisionRecord)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass
+class LoggedDecisions:
+    """Decisions read from the log with their joined feedback.
+
+    records: the decisions, in log order; feedback: per decision, ``(action, kind,
+    summed value, events)`` rows (``action`` None: the decision as a whole).
+    """
+
+    records: list[DecisionRecord] = field(default_factory=list)
+    feedback: dict[str, list[tuple[str | None, str, float, int]]] = field(default_factory=dict)
+
+    def slot_rewards(self, kind: str) -> list[np.ndarray]:
+        """Per decision, float64[K]: each slot's summed ``kind`` value (its action's
+        events plus the decision-level ones), the export's ``reward``."""
+        out = []
+        for rec in self.records:
+            reward = np.zeros(len(rec.actions))
+            slot = {a: s for s, a in enumerate(rec.actions)}
+            for action, k, total, _ in self.feedback.get(rec.decision_id, ()):
+                if k != kind:
+                    continue
+                if action is None:
+                    reward += total
+                elif action in slot:
+                    reward[slot[action]] += total
+            out.append(reward)
+        return out
+
+    def outcome_totals(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(events int64[n], value float64[n]) of ``kind`` per decision."""
+        events = np.zeros(len(self.records), dtype=np.int64)
+        value = np.zeros(len(self.records))
+        for i, rec in enumerate(self.records):
+            for _, k, total, count in self.feedback.get(rec.decision_id, ()):
+                if k == kind:
+                    events[i] += count
+                    value[i] += total
+        return events, value
+
+
+def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no decision log at {path}")
+    # mode=rw, not ro: a read-only connection cannot read a WAL file that writers hold
+    # open. Nothing here writes.
+    uri = f"file:{Path(path).resolve().as_posix()}?mode=rw"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+
+
+def read_decisions(
+    path: str | os.PathLike[str],
+    *,
+    use_case: str | None = None,
+    experiment: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> LoggedDecisions:
+    """The logged decisions matching the filters, with their joined feedback, from one
+    snapshot of the log (one read transaction)."""
+    where, params = [], []
+    if experiment is not None:
+        where.append("experiment = ?")
+        params.append(experiment)
+    if since is not None:
+        where.append("time >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("time < ?")
+        params.append(until)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    conn = _connect(path)
+    try:
+        conn.execute("BEGIN")
+        has = conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
+            "AND name IN ('decisions', 'feedback')"
+        ).fetchone()[0]
+        if has < 2:
+            raise ValueError(f"{os.fspath(path)} is not a decision log (no decisions table)")
+        rows = conn.execute(
+            f"SELECT record FROM decisions{clause} ORDER BY rowid", params
+        ).fetchall()
+        feedback_rows = conn.execute(
+            "SELECT f.decision_id, f.action, f.kind, SUM(f.value), COUNT(*) "
+            f"FROM (SELECT decision_id FROM decisions{clause}) AS d "
+            "CROSS JOIN feedback AS f ON f.decision_id = d.decision_id "
+            "GROUP BY f.decision_id, f.action, f.kind",
+            params,
+        ).fetchall()
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    records = [_record_decoder.decode(r[0]) for r in rows]
+    if use_case is not None:
+        records = [r for r in records if r.use_case == use_case]
+    feedback: dict[str, list] = defaultdict(list)
+    for decision_id, action, kind, total, count in feedback_rows:
+        feedback[decision_id].append((action, kind, float(total), int(count)))
+    return LoggedDecisions(records, dict(feedback))
+
+
+# ------------------------------------------------------------------------- intervals
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (n = 0: (0, 1))."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def newcombe_difference(
+    k1: int, n1: int, k0: int, n0: int, z: float = Z95
+) -> tuple[float, float, float]:
+    """p1 - p0 with Newcombe's hybrid score interval (method 10): (diff, low, high)."""
+    if n1 == 0 or n0 == 0:
+        return math.nan, math.nan, math.nan
+    p1, p0 = k1 / n1, k0 / n0
+    l1, u1 = wilson_interval(k1, n1, z)
+    l0, u0 = wilson_interval(k0, n0, z)
+    d = p1 - p0
+    low = d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+    return d, low, high
+
+
+def relative_lift(k1: int, n1: int, k0: int, n0: int, z: float = Z95) -> tuple[float, float, float]:
+    """p1 / p0 - 1 with the log rate-ratio (Katz) interval; 0.5 is added to each count
+    when one is 0 (the usual continuity correction). NaN when p0 = 0 and k1 = 0."""
+    if n1 == 0 or n0 == 0:
+        return math.nan, math.nan, math.nan
+    a, b = float(k1), float(k0)
+    if a == 0 or b == 0:
+        a, b = a + 0.5, b + 0.5
+        n1, n0 = n1 + 0.5, n0 + 0.5
+    if a == 0 or b == 0:
+        return math.nan, math.nan, math.nan
+    ratio = (a / n1) / (b / n0)
+    se = math.sqrt(max(0.0, 1 / a - 1 / n1 + 1 / b - 1 / n0))
+    log_r = math.log(ratio)
+    return ratio - 1.0, math.exp(log_r - z * se) - 1.0, math.exp(log_r + z * se) - 1.0
+
+
+def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """Mean with a normal-approximation interval: (mean, low, high)."""
+    n = values.shape[0]
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if n == 1:
+        return mean, math.nan, math.nan
+    half = z * float(values.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+# --------------------------------------------------------------------- replaying policies
+
+
+def policy_slot_marginals(scores: np.ndarray, k: int, policy: str, **params: float) -> np.ndarray:
+    """A candidate policy's slot marginals over one decision's candidates.
+
+    scores: float64[c] the model's scores of the candidates; k: slots (<= c).
+    policy: ``greedy`` (the k best), ``epsilon_greedy`` (``epsilon``: uniform random
+    slate with that probability, else greedy) or ``softmax`` (a Plackett-Luce slate at
+    ``temperature``; exact for k <= 3). Returns float64[c, k], each column a distribution.
+    """
+    from nudgeserve.models.evaluation import ope
+
+    s = np.asarray(scores, dtype=np.float64)[None, :]
+    if policy == "greedy":
+        return ope.greedy_slate_dist(s, k)[0]
+    if policy == "epsilon_greedy":
+        eps = float(params.get("epsilon", 0.1))
+        return (1.0 - eps) * ope.greedy_slate_dist(s, k)[0] + eps / s.shape[1]
+    if policy == "softmax":
+        return ope.plackett_luce_dist(s, k, float(params.get("temperature", 1.0)))[0]
+    raise ValueError(f"policy must be one of {CANDIDATE_POLICIES}, got {policy!r}")
+
+
+def replay_scores(engine: Any, records: list[DecisionRecord]) -> list[np.ndarray]:
+    """The engine's model scores of every candidate of each record (replayed from its
+    logged replay vector), in chunks."""
+    out: list[np.ndarray] = []
+    step = 512
+    for start in range(0, len(records), step):
+        chunk = records[start : start + step]
+        out += engine.replay_scores([r.features for r in chunk], [r.candidates for r in chunk])
+    return out
+
+
+@dataclass
+class ReplayedLogs:
+    """OPE rows for one candidate policy: ``logs`` (``nudgeserve.models.evaluation.ope.OPELogs``)
+    and how many decisions were usable."""
+
+    logs: Any
+    decisions: int
+    skipped: int
+
+
+def ope_logs(
+    logged: LoggedDecisions,
+    engine: Any,
+    policy: str,
+    reward_kind: str,
+    *,
+    with_reward_model: bool,
+    **params: float,
+) -> ReplayedLogs:
+    """OPE rows (one per decision slot) of ``policy`` replayed with ``engine`` over the
+    decisions its checkpoint made (others are skipped: see the module docstring)."""
+    from nudgeserve.models.evaluation.ope import OPELogs, RaggedRows
+
+    checkpoint = engine.info.checkpoint_id
+    keep = [i for i, r in enumerate(logged.records) if r.model_checkpoint == checkpoint]
+    records = [logged.records[i] for i in keep]
+    rewards_all = logged.slot_rewards(reward_kind)
+    scores = replay_scores(engine, records) if records else []
+    ids, actions, positions, rewards, props = [], [], [], [], []
+    eval_rows: list[np.ndarray] = []
+    hat_rows: list[np.ndarray] = []
+    for i, rec, s in zip(keep, records, scores, strict=True):
+        k = len(rec.actions)
+        dist = policy_slot_marginals(s, k, policy, **params)
+        index = {c: j for j, c in enumerate(rec.candidates)}
+        for slot, action in enumerate(rec.actions):
+            ids.append(rec.decision_id)
+            actions.append(index[action])
+            positions.append(slot)
+            rewards.append(rewards_all[i][slot])
+            props.append(rec.propensities[slot])
+            eval_rows.append(dist[:, slot])
+            hat_rows.append(s)
+
+    def ragged(rows: list[np.ndarray]) -> Any:
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=offsets[1:])
+        values = np.concatenate(rows) if rows else np.zeros(0)
+        return RaggedRows(values.astype(np.float64), offsets)
+
+    logs = OPELogs(
+        decision_id=np.asarray(ids, dtype=object),
+        action=np.asarray(actions, dtype=np.int64),
+        position=np.asarray(positions, dtype=np.int64),
+        reward=np.asarray(rewards, dtype=np.float64),
+        propensity=np.asarray(props, dtype=np.float64),
+        eval_probs=ragged(eval_rows),
+        reward_hat=ragged(hat_rows) if with_reward_model else None,
+    )
+    return ReplayedLogs(logs, len(records), len(logged.records) - len(records))
+
+
+def evaluate_policy(
+    logged: LoggedDecisions,
+    engine: Any,
+    policy: str,
+    reward_kind: str,
+    *,
+    with_reward_model: bool,
+    n_bootstrap: int = REPORT_BOOTSTRAP,
+    confidence: float = 0.95,
+    seed: int = 0,
+    estimators: tuple[str, ...] | None = None,
+    **params: float,
+) -> dict[str, Any]:
+    """OPE of one candidate policy on ``logged``: ``{policy, params, decisions, rows,
+    skipped_decisions, logging_policy_value, estimates: {estimator: OPEResult}}``."""
+    from nudgeserve.models.evaluation import ope
+
+    replayed = ope_logs(
+        logged, engine, policy, reward_kind, with_reward_model=with_reward_model, **params
+    )
+    out: dict[str, Any] = {
+        "policy": policy,
+        "params": dict(params),
+        "model_checkpoint": engine.info.checkpoint_id,
+        "decisions": replayed.decisions,
+        "rows": len(replayed.logs),
+        "skipped_decisions": replayed.skipped,
+    }
+    if len(replayed.logs) == 0:
+        out["logging_policy_value"] = None
+        out["estimates"] = {}
+        out["note"] = "no decisions of this checkpoint to evaluate on"
+        return out
+    stats = ope.logs_statistics(
+        replayed.logs,
+        with_reward_model=with_reward_model,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    names = estimators or (("ips", "snips", "dr") if with_reward_model else ("ips", "snips"))
+    out["logging_policy_value"] = ope.logging_policy_value(stats, confidence=confidence)
+    out["estimates"] = ope.summarize(stats, names, confidence=confidence)
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _subset(logged: LoggedDecisions, variant: str) -> LoggedDecisions:
+    records = [r for r in logged.records if r.variant == variant]
+    return LoggedDecisions(records, logged.feedback)
+
+
+def _arm_summary(logged: LoggedDecisions, kinds: tuple[str, ...]) -> dict[str, Any]:
+    n = len(logged.records)
+    outcomes = {}
+    for kind in kinds:
+        events, value = logged.outcome_totals(kind)
+        hits = int((events > 0).sum())
+        low, high = wilson_interval(hits, n)
+        mean, m_low, m_high = mean_interval(value)
+        outcomes[kind] = {
+            "events": int(events.sum()),
+            "decisions_with_outcome": hits,
+            "rate": hits / n if n else math.nan,
+            "rate_ci": [low, high],
+            "value_per_decision": mean,
+            "value_per_decision_ci": [m_low, m_high],
+        }
+    return {"decisions": n, "outcomes": outcomes}
+
+
+def experiment_report(
+    logged: LoggedDecisions,
+    experiment: Any,
+    *,
+    outcome_kinds: tuple[str, ...],
+    reward_kind: str,
+    engine: Any = None,
+    policies: tuple[tuple[str, dict[str, float]], ...] = (("greedy", {}),),
+    with_reward_model: bool = False,
+    n_bootstrap: int = REPORT_BOOTSTRAP,
+) -> dict[str, Any]:
+    """The report of one experiment (see the module docstring).
+
+    logged: its decisions (``read_decisions(experiment=...)``); experiment: its
+    ``config.Experiment``; engine: the model used to replay candidate policies (None: no
+    off-policy section); policies: ``(name, params)`` of the candidate policies.
+    """
+    control = experiment.control_arm()
+    arms = [a.name for a in experiment.arms()]
+    counts = {name: 0 for name in arms}
+    for r in logged.records:
+        counts[r.variant] = counts.get(r.variant, 0) + 1
+    variants: dict[str, Any] = {}
+    for name in dict.fromkeys([*arms, *counts]):
+        sub = _subset(logged, name)
+        summary = _arm_summary(sub, outcome_kinds)
+        summary["configured"] = name in arms
+        summary["control"] = name == control
+        if engine is not None and summary["decisions"]:
+            summary["ope"] = [
+                evaluate_policy(
+                    sub,
+                    engine,
+                    policy,
+                    reward_kind,
+                    with_reward_model=with_reward_model,
+                    n_bootstrap=n_bootstrap,
+                    **params,
+                )
+                for policy, params in policies
+            ]
+        variants[name] = summary
+    base = variants[control]["outcomes"][reward_kind]
+    n0 = variants[control]["decisions"]
+    k0 = base["decisions_with_outcome"]
+    for name, summary in variants.items():
+        if name == control:
+            continue
+        arm = summary["outcomes"][reward_kind]
+        n1, k1 = summary["decisions"], arm["decisions_with_outcome"]
+        diff, low, high = newcombe_difference(k1, n1, k0, n0)
+        rel, r_low, r_high = relative_lift(k1, n1, k0, n0)
+        mean1 = arm["value_per_decision"]
+        mean0 = base["value_per_decision"]
+        summary["lift"] = {
+            "against": control,
+            "metric": f"{reward_kind} rate",
+            "difference": diff,
+            "difference_ci": [low, high],
+            "relative": rel,
+            "relative_ci": [r_low, r_high],
+            "value_difference": mean1 - mean0 if n1 and n0 else math.nan,
+        }
+    pooled = None
+    if engine is not None and logged.records:
+        pooled = [
+            evaluate_policy(
+                logged,
+                engine,
+                policy,
+                reward_kind,
+                with_reward_model=with_reward_model,
+                n_bootstrap=n_bootstrap,
+                **params,
+            )
+            for policy, params in policies
+        ]
+    return {
+        "experiment": experiment.name,
+        "use_case": experiment.use_case,
+        "control": control,
+        "reward_kind": reward_kind,
+        "decisions": len(logged.records),
+        "confidence": 0.95,
+        "variants": variants,
+        "ope_all_arms": pooled,
+        "notes": [
+            "rates: share of decisions with at least one joined event of the kind, 95% "
+            "Wilson intervals; lift: difference (Newcombe) and ratio - 1 (Katz) against "
+            "the control arm",
+            "ope: per-slot rows keyed by decision (bootstrap resamples decisions); only "
+            "decisions of the replaying model's checkpoint are used",
+        ],
+    }

@@ -1,0 +1,1 @@
+"""The only modules that import Ray: the application, deployments, actors, local run."""

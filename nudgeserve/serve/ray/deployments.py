@@ -1,0 +1,400 @@
+"""The Ray Serve deployments: the gateway (HTTP ingress) and the batched use-case scorers.
+
+``UseCaseScorer`` is one use case's replica logic: it loads the model at start (and warms
+up kernels and torch), and its ``decide``/``infer`` calls join ``@serve.batch`` batches
+that are featurized, scored and selected in one go. It runs either as its own deployment
+(``placement: separate``: own replicas, GPU and autoscaling per use case) or inside the
+gateway replica (``placement: colocated``: no process hop).
+
+``Gateway`` is the ingress: HTTP routing only (``_router``), handing bodies to the
+serving logic (``serving``, ``kserve``) and items to the scorers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+from ray import serve
+
+from nudgeserve.serve.config import ServeConfig, UseCase
+from nudgeserve.serve.engine.bandits import BanditFeed, connect_learner
+from nudgeserve.serve.engine.interventions import batch_records
+from nudgeserve.serve.engine.records import RecordBuilder
+from nudgeserve.serve.engine.usecases import (
+    DecisionItem,
+    DecisionOutcome,
+    InferOutcome,
+    build_engine,
+)
+from nudgeserve.serve.errors import DecisionNotLogged, Overloaded
+from nudgeserve.serve.metrics import ServeMetrics
+from nudgeserve.serve.ray.model_versions import ModelChoice, ModelWatch
+
+logger = logging.getLogger("ray.serve")
+
+
+class UnitsOutcome(msgspec.Struct, frozen=True):
+    """A scorer's answer to a batch of intervention units: ``InterventionResult`` per unit
+    in order, and which model decided."""
+
+    results: list[Any]
+    model_version: str
+    model_checkpoint: str
+
+
+# ``UseCaseScorer``'s decision_log argument: open the replica's own log from the config.
+OWN_LOG = "own"
+
+
+def open_decision_log(config: ServeConfig) -> Any:
+    """The replica's ``DecisionLog`` (its directory created), or None when disabled."""
+    from pathlib import Path
+
+    from nudgeserve.serve.decisions import DecisionLog
+
+    settings = config.decision_log
+    if not settings.enabled:
+        return None
+    log_config = settings.log_config(config.state_dir)
+    Path(log_config.path).parent.mkdir(parents=True, exist_ok=True)
+    return DecisionLog.from_config(log_config)
+
+
+class UseCaseScorer:
+    """Batched scoring for one use case (a deployment body, or embedded in the gateway).
+
+    settings: the use case's settings; config: the whole configuration (every policy the
+    use case may decide with is warmed up; the learner and the decision log come from it).
+    decision_log: ``OWN_LOG`` (this replica opens and owns its own log: placement
+    ``separate``), an open ``DecisionLog`` shared with the gateway (``colocated``), or
+    None: decisions are not logged.
+
+    Every decision of a batch is committed to the log (``append_many_async``) before any
+    answer of the batch is returned; if that fails, every request of the batch fails
+    with ``DecisionNotLogged`` (503): a decision is never answered without its record.
+
+    ``load_model`` swaps in another checkpoint without failing a request: the new engine
+    loads and warms up in a worker thread while batches keep running on the old one,
+    then one assignment replaces it between two batches (a running batch keeps the
+    engine it started with).
+    """
+
+    def __init__(
+        self,
+        settings: UseCase,
+        config: ServeConfig | None = None,
+        decision_log: Any = OWN_LOG,
+        learner: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self._owns_log = decision_log == OWN_LOG
+        if self._owns_log:
+            decision_log = open_decision_log(config) if config is not None else None
+        self.log = decision_log
+        self.policies = tuple(config.policies_for(settings.name)) if config else ()
+        engine = self._build(settings)
+        self.warmup_s = engine.load()
+        self._attach_budget(engine)
+        # (engine, record builder): replaced together, in one assignment, by a reload.
+        self.current = (engine, RecordBuilder(engine.info))
+        self.feed = connect_learner(config, settings) if learner and config else BanditFeed()
+        # A use-case deployment's replicas follow reloads through the model registry; in
+        # the gateway, the gateway's own watch drives its scorers.
+        self.watch: ModelWatch | None = None
+        if self._owns_log and config is not None:
+            self.watch = ModelWatch.for_config(config, self._apply_choice)
+        self._reload_lock = asyncio.Lock()
+        batching = settings.batching
+        for method in (self._decide_batch, self._infer_batch):
+            method.set_max_batch_size(batching.max_batch_size)
+            method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.metrics = ServeMetrics()
+        self._tags = {"use_case": settings.name}
+        self._waiting = 0
+
+    def _build(self, settings: UseCase):
+        engine = build_engine(settings)
+        engine.extra_policies = self.policies
+        return engine
+
+    def _attach_budget(self, engine: Any) -> None:
+        """An intervention use case with daily caps decides on the ledger every replica
+        shares (``budget``: one actor); outside Ray (tests) it keeps its own."""
+        interventions = getattr(engine, "interventions", None)
+        if interventions is None or not interventions.config.daily_caps:
+            return
+        import ray
+
+        if not ray.is_initialized():
+            return
+        from pathlib import Path
+
+        from nudgeserve.serve.ray.budget import BudgetClient
+
+        settings = engine.settings.interventions
+        state_dir = self.config.state_dir if self.config is not None else ".state"
+        engine.set_ledger(
+            BudgetClient.connect(
+                engine.settings.name,
+                interventions.config.daily_caps,
+                state_path=Path(state_dir).resolve() / "budget" / f"{engine.settings.name}.json",
+                utc_offset_s=settings.day_utc_offset_s,
+                timeout_s=settings.budget_timeout_s,
+            )
+        )
+
+    @property
+    def engine(self):
+        """The engine that scores the next batch."""
+        return self.current[0]
+
+    async def load_model(self, choice: ModelChoice) -> dict[str, Any]:
+        """Serve ``choice``'s checkpoint and version from the next batch on (see the class
+        docstring); returns what is served and how long loading took. A failed load
+        leaves the current model serving."""
+        async with self._reload_lock:
+            engine = self.engine
+            if choice.applies_to(engine.settings):
+                return self.describe_model()
+            settings = choice.settings(self.settings)
+            t0 = time.perf_counter()
+            new = self._build(settings)
+            # Off the event loop: the replica keeps serving with the old engine meanwhile.
+            await asyncio.to_thread(new.load)
+            await asyncio.to_thread(self._attach_budget, new)
+            self.current = (new, RecordBuilder(new.info))
+            logger.info(
+                "use case %s now serves version %s (checkpoint %s), loaded in %.2f s",
+                settings.name,
+                new.info.version,
+                new.info.checkpoint_id,
+                time.perf_counter() - t0,
+            )
+            return {**self.describe_model(), "load_s": time.perf_counter() - t0}
+
+    async def _apply_choice(self, use_case: str, choice: ModelChoice) -> None:
+        if use_case == self.settings.name:
+            await self.load_model(choice)
+
+    def describe_model(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {
+            "use_case": info.name,
+            "model_name": info.model_name,
+            "version": info.version,
+            "model_checkpoint": info.checkpoint_id,
+            "checkpoint": self.engine.settings.checkpoint,
+        }
+
+    async def ready(self) -> dict[str, Any]:
+        """The loaded model's name and version, and warm-up seconds per step."""
+        info = self.engine.info
+        return {"model_name": info.model_name, "version": info.version, "warmup_s": self.warmup_s}
+
+    async def decide(self, item: DecisionItem) -> DecisionOutcome:
+        """Score and select one decision (joins the current batch)."""
+        if self.watch is not None:
+            self.watch.poke()
+        self._waiting += 1
+        try:
+            return await self._decide_batch(item)
+        finally:
+            self._waiting -= 1
+
+    async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
+        """KServe v2 outputs for one request's rows (joins the current batch)."""
+        self._waiting += 1
+        try:
+            return await self._infer_batch(inputs)
+        finally:
+            self._waiting -= 1
+
+    # CPU work runs on the replica's loop: a batch takes about a millisecond, less than a
+    # hand-off to a thread pool would cost on a small machine; the kernels and torch
+    # release the GIL while they compute.
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        return await self.decide_and_log(items)
+
+    async def decide_and_log(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        """One batch: score and select, then commit every decision to the log; raises
+        (failing the whole batch) rather than return a decision that is not logged."""
+        # One engine per batch, even if a reload swaps it meanwhile.
+        engine, records = self.current
+        engine.bandit = self.feed.snapshot()
+        if getattr(engine, "ledger_blocks", False):
+            # The shared budget is one actor call per batch: wait for it off the loop.
+            outcomes = await asyncio.to_thread(engine.decide_batch, items)
+        else:
+            outcomes = engine.decide_batch(items)
+        if self.log is not None:
+            await self._log(records, items, outcomes)
+            self.metrics.log_queue.set(self.log.stats().queue_depth, tags=self._tags)
+        if self.feed.client is not None:
+            self.metrics.learner_staleness.set(self.feed.staleness_s(), tags=self._tags)
+        self._record(outcomes[0].times if outcomes else None, "decide")
+        return outcomes
+
+    async def decide_units(
+        self,
+        columns: dict[str, list[Any]],
+        unit_ids: list[str],
+        given_unit_ids: list[str],
+        decision_ids: list[str],
+        dry_run: bool,
+    ) -> UnitsOutcome:
+        """``POST /v1/decide/batch``: the intervention rule on many units in one call
+        (not through the request batcher: it is a batch already). Unless ``dry_run``,
+        the budget is spent and every decision is committed to the log before the answer
+        (or none is answered: ``DecisionNotLogged``)."""
+        engine, _ = self.current
+        info = engine.info
+
+        def decide() -> tuple[list[Any], list[Any]]:
+            # Model, rule and result building take milliseconds per thousand units: off
+            # the event loop, so single decisions keep flowing meanwhile.
+            batch = engine.decide_units(columns, np.asarray(unit_ids), not dry_run)
+            records = []
+            if not dry_run and self.log is not None:
+                records = batch_records(
+                    batch,
+                    decision_ids=decision_ids,
+                    unit_ids=given_unit_ids,
+                    use_case=info.name,
+                    experiment=info.intervention_experiment or "",
+                    policy=info.intervention_policy,
+                    model_version=info.version,
+                    model_checkpoint=info.checkpoint_id,
+                    now=time.time(),
+                )
+            return batch.results(), records
+
+        results, records = await asyncio.to_thread(decide)
+        if records:
+            try:
+                await self.log.append_many_async(records)
+            except Overloaded:
+                raise
+            except Exception as exc:
+                logger.error(
+                    "decision log refused a batch of %d decisions", len(records), exc_info=exc
+                )
+                raise DecisionNotLogged(
+                    f"the decisions could not be logged ({type(exc).__name__}: {exc}); they "
+                    "were not served"
+                ) from None
+        return UnitsOutcome(results, info.version, info.checkpoint_id)
+
+    async def _log(
+        self, builder: RecordBuilder, items: list[DecisionItem], outcomes: list[DecisionOutcome]
+    ) -> None:
+        try:
+            records = builder.records(items, outcomes, time.time())
+            await self.log.append_many_async(records)
+        except Overloaded:
+            raise  # the log's queue is full: 503 with Retry-After, as any full queue
+        except Exception as exc:
+            logger.error("decision log refused a batch of %d decisions", len(items), exc_info=exc)
+            raise DecisionNotLogged(
+                f"the decision could not be logged ({type(exc).__name__}: {exc}); it was not served"
+            ) from None
+
+    def close(self) -> None:
+        """Stop the learner feed and drain and close the decision log this scorer owns
+        (idempotent)."""
+        feed = getattr(self, "feed", None)
+        if feed is not None:
+            feed.close()
+        if getattr(self, "_owns_log", False) and self.log is not None:
+            self.log.close()
+
+    def __del__(self) -> None:
+        # Ray Serve calls this on a graceful stop, after the replica's requests drained.
+        self.close()
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _infer_batch(self, requests: list[dict[str, Any]]) -> list[InferOutcome]:
+        outcomes = self.engine.infer_batch(requests)
+        self._record(outcomes[0].times if outcomes else None, "infer")
+        return outcomes
+
+    def _record(self, times, method: str) -> None:
+        if times is None:
+            return
+        name = self.settings.name
+        m = self.metrics
+        # Requests still waiting when this batch ran (set once per batch, not per request).
+        m.queue_depth.set(self._waiting - times.batch_size, tags=self._tags)
+        m.batch_size.observe(times.batch_size, tags={"use_case": name, "method": method})
+        m.stage_latency.observe(times.featurize_s, tags={"use_case": name, "stage": "featurize"})
+        m.stage_latency.observe(times.model_s, tags={"use_case": name, "stage": "model"})
+        if method == "decide":
+            m.stage_latency.observe(times.select_s, tags={"use_case": name, "stage": "select"})
+
+
+class _Remote:
+    """A use-case deployment reached through its handle (placement ``separate``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def decide(self, item: DecisionItem) -> DecisionOutcome:
+        return await self.handle.decide.remote(item)
+
+    async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
+        return await self.handle.infer.remote(inputs)
+
+    async def decide_units(self, *args: Any) -> UnitsOutcome:
+        return await self.handle.decide_units.remote(*args)
+
+    async def ready(self) -> dict[str, Any]:
+        return await self.handle.ready.remote()
+
+    async def load_model(self, choice: ModelChoice) -> dict[str, Any]:
+        # Reaches one replica of the deployment; the others follow the model registry.
+        return await self.handle.load_model.remote(choice)
+
+
+class Gateway:
+    """The HTTP ingress (see ``_router.Router`` for the routes)."""
+
+    def __init__(self, config: ServeConfig, handles: dict[str, Any] | None = None) -> None:
+        from nudgeserve.serve.http.router import Router
+
+        handles = handles or {}
+        # One decision log per gateway replica: the colocated scorers log into it, and
+        # feedback is recorded through it.
+        self.log = open_decision_log(config)
+        scorers: dict[str, Any] = {}
+        for settings in config.use_cases:
+            if settings.name in handles:
+                scorers[settings.name] = _Remote(handles[settings.name])
+            else:
+                scorers[settings.name] = UseCaseScorer(settings, config, self.log)
+        self.router = Router(config, scorers, self.log)
+        # Reloads reach every replica through the model registry (``model_versions``).
+        self.router.models_watch = ModelWatch.for_config(config, self.router.apply_model)
+
+    async def __call__(self, request: Any) -> Any:
+        return await self.router.handle(request)
+
+    def __del__(self) -> None:
+        # Ray Serve calls this on a graceful stop (SIGTERM to `nudgeserve run`, `serve
+        # shutdown`), after the replica's ongoing requests drained: write what is queued.
+        router = getattr(self, "router", None)
+        if router is not None:
+            for scorer in router.scorers.values():
+                if isinstance(scorer, UseCaseScorer):
+                    scorer.close()
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
+
+    # No check_health: a use-case deployment still loading (or restarting) must not get
+    # the gateway restarted; /v2/health/ready reports the scorers instead.
