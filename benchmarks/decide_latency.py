@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -60,11 +59,9 @@ def _config(workdir: Path, logging: bool) -> Path:
 
 
 def _count_logged(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
-    finally:
-        conn.close()
+    from nudgeserve.serve.decisions import read_decisions
+
+    return len(read_decisions(db).records)
 
 
 def measure(

@@ -522,24 +522,9 @@ def run_parquet(args: argparse.Namespace) -> dict[str, Any]:
 
     notes = []
     if args.ray:
-        import ray
+        from nudgeserve.serve.ray.ope_data import evaluate_parquet_ray, ray_for_evaluation
 
-        from nudgeserve.serve.ray.ope_data import evaluate_parquet_ray
-
-        started = not ray.is_initialized()
-        if started:
-            kwargs: dict[str, Any] = {
-                "include_dashboard": False,
-                "log_to_driver": False,
-                "configure_logging": False,
-            }
-            if args.ray_address:
-                kwargs["address"] = args.ray_address
-            if args.ray_temp_dir is not None:
-                args.ray_temp_dir.mkdir(parents=True, exist_ok=True)
-                kwargs["_temp_dir"] = str(args.ray_temp_dir.resolve())
-            ray.init(**kwargs)
-        try:
+        with ray_for_evaluation(address=args.ray_address, temp_dir=args.ray_temp_dir):
             results = evaluate_parquet_ray(
                 args.paths,
                 args.estimators,
@@ -551,9 +536,6 @@ def run_parquet(args: argparse.Namespace) -> dict[str, Any]:
                 reward_column=args.reward_column,
                 batch_rows=args.batch_rows,
             )
-        finally:
-            if started:
-                ray.shutdown()
         logged = results.pop("on_policy")
         notes.append("computed with Ray Data (map_batches over the Parquet files)")
     else:
@@ -605,7 +587,8 @@ def run_logs(args: argparse.Namespace) -> dict[str, Any]:
     from nudgeserve.models.evaluation import ope
     from nudgeserve.serve import _env
     from nudgeserve.serve.config import default_config, load_config
-    from nudgeserve.serve.engine.reports import ope_logs, read_decisions
+    from nudgeserve.serve.decisions import read_decisions
+    from nudgeserve.serve.engine.reports import ope_logs
     from nudgeserve.serve.engine.usecases import build_engine
 
     path = args.config or _env.config_path()

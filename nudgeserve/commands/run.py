@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if args.state_dir is not None:
             config = with_state_dir(config, args.state_dir)
         if args.check:
-            from nudgeserve.serve.engine.usecases import describe
+            from nudgeserve.serve.engine.describe import describe
 
             for settings in config.use_cases:
                 info = describe(settings)

@@ -1,13 +1,16 @@
-"""Compiled hot-path kernels: hashing, numeric transforms, masked top-k, exploration.
+"""Compiled kernels: hashing, numeric transforms, masked top-k, exploration, the bootstrap.
 
 Each op has a NumPy reference (the test oracle and the fallback) and, where it pays,
 Cython and/or Numba versions; one backend per op is chosen at import (see ``_backend``).
-This package imports nothing else of nudgeserve.
+``rng`` is the counter-based generator every random kernel draws from. This package
+imports nothing else of nudgeserve.
 """
 
+from nudgeserve.kernels import rng
 from nudgeserve.kernels._backend import REGISTRY, chosen_backends, default_profile_path
 from nudgeserve.kernels._threads import get_num_threads, set_num_threads
 from nudgeserve.kernels._warmup import warmup
+from nudgeserve.kernels.bootstrap import poisson_bootstrap_counts, poisson_bootstrap_sums
 from nudgeserve.kernels.hashing import hash_categorical, murmurhash3_32
 from nudgeserve.kernels.sampling import (
     epsilon_greedy_slate,
@@ -29,6 +32,9 @@ __all__ = [
     "log1p",
     "murmurhash3_32",
     "plackett_luce_slate",
+    "poisson_bootstrap_counts",
+    "poisson_bootstrap_sums",
+    "rng",
     "set_num_threads",
     "standardize",
     "thompson_bernoulli_slate",

@@ -1,8 +1,8 @@
 """Numba exploration samplers: the contracts of ``_sampling_ref`` (read there for the
 semantics), compiled, one row per loop iteration, rows in parallel for large batches.
 
-The counter-based generator (``_rng``) is repeated here with the same integer operations,
-so every uniform is bit-identical to the NumPy one; which item is chosen can then differ
+The counter-based generator (``rng``) is repeated here with the same integer operations
+and its constants, so every uniform is bit-identical to the NumPy one; which item is chosen can then differ
 from the reference only if a uniform lands within a rounding error of a boundary between
 two items (``exp``/``log`` here are libm's, NumPy's may differ in the last bit).
 
@@ -20,20 +20,22 @@ import numpy as np
 from numba import njit, prange
 
 from nudgeserve.kernels import _sampling_ref as ref
+from nudgeserve.kernels import rng
 from nudgeserve.kernels._topk_numba import _topk_row
 
 PARALLEL_MIN_ELEMENTS = 32768
 
 _opts = {"cache": True, "nogil": True}
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
+# Module globals are compile-time constants to numba.
+_GAMMA = rng.GAMMA
+_MIX1 = rng.MIX1
+_MIX2 = rng.MIX2
 _ONE = np.uint64(1)
 _BLOCK = np.uint64(ref.GAMMA_BLOCK)
 _BOOST = np.uint64(ref.BOOST_COUNTER)
 _MAX_ATTEMPTS = ref.MAX_ATTEMPTS
-_UNIT = 2.0**-52
+_UNIT = rng.UNIT
 _GAP = ref.PL_RESCALE_GAP
 
 

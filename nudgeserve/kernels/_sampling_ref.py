@@ -15,7 +15,7 @@ Every public function here is one backend of a registered op and takes the argum
 
 ``n_threads`` is accepted for a uniform signature and ignored here. The semantics (which
 random numbers decide what) are defined here and repeated exactly by the numba kernels;
-see each function. Draws come from ``_rng`` (one counter-based stream per row).
+see each function. Draws come from ``rng`` (one counter-based stream per row).
 
 A candidate is valid when it is not masked and its score is not NaN; ``-inf`` is a valid
 (lowest) score. Slots a row cannot fill get index ``-1`` and propensity ``NaN``.
@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from nudgeserve.kernels import _rng
+from nudgeserve.kernels import rng
 from nudgeserve.kernels._topk_ref import topk as _topk_ref
 
 PAD_INDEX = -1
@@ -82,15 +82,15 @@ def epsilon_greedy_slate(
     valid = _valid(scores, mask)
     n_valid = valid.sum(axis=1)
     greedy, _ = _topk_ref(scores, k, mask)
-    keys = _rng.row_keys(seeds)
-    explore = _rng.uniforms(keys, 0) < epsilon
+    keys = rng.row_keys(seeds)
+    explore = rng.uniforms(keys, 0) < epsilon
     pool = np.argsort(~valid, axis=1, kind="stable")  # valid indices first, ascending
     rows = np.arange(n_rows)
     take = min(k, n_cols)
     for s in range(take):
         remaining = n_valid - s
         active = remaining > 0
-        u = _rng.uniforms(keys, 1 + s)
+        u = rng.uniforms(keys, 1 + s)
         offset = np.minimum(np.floor(u * remaining), remaining - 1)
         j = np.where(active, s + offset.astype(np.int64), s)
         a, b = pool[rows, s].copy(), pool[rows, j].copy()
@@ -130,7 +130,7 @@ def plackett_luce_slate(
         return indices, props
     remaining = _valid(scores, mask)
     z = scores.astype(np.float64) / temperature
-    keys = _rng.row_keys(seeds)
+    keys = rng.row_keys(seeds)
     rows = np.arange(n_rows)
     for s in range(min(k, n_cols)):
         active = remaining.any(axis=1)
@@ -147,7 +147,7 @@ def plackett_luce_slate(
             )
         cum = np.cumsum(w, axis=1)
         total = cum[:, -1]
-        u = _rng.uniforms(keys, s)
+        u = rng.uniforms(keys, s)
         above = cum > (u * total)[:, None]
         # Rounding can leave u * S == S: then the last item with weight takes the slot.
         last_positive = n_cols - 1 - np.argmax((w > 0)[:, ::-1], axis=1)
@@ -188,9 +188,9 @@ def gamma_draws(
         if pending.size == 0:
             break
         kp, bp, dp, cp = keys[pending], base[pending], d[pending], c[pending]
-        u1 = _rng.uniforms(kp, bp + np.uint64(3 * t))
-        u2 = _rng.uniforms(kp, bp + np.uint64(3 * t + 1))
-        u3 = _rng.uniforms(kp, bp + np.uint64(3 * t + 2))
+        u1 = rng.uniforms(kp, bp + np.uint64(3 * t))
+        u2 = rng.uniforms(kp, bp + np.uint64(3 * t + 1))
+        u3 = rng.uniforms(kp, bp + np.uint64(3 * t + 2))
         x = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
         v = 1.0 + cp * x
         positive = v > 0.0
@@ -202,7 +202,7 @@ def gamma_draws(
         pending = pending[~accept]
     log_boost = np.zeros_like(g)
     if boost.any():
-        ub = _rng.uniforms(keys[boost], base[boost] + np.uint64(BOOST_COUNTER))
+        ub = rng.uniforms(keys[boost], base[boost] + np.uint64(BOOST_COUNTER))
         log_boost[boost] = np.log(ub) / shape[boost]
     return g.reshape(out_shape), log_boost.reshape(out_shape)
 
@@ -253,7 +253,7 @@ def thompson_draw(
     if n_rows == 0 or k == 0:
         return np.full((n_rows, k), PAD_INDEX, dtype=np.int64)
     arm_blocks = 2 * np.arange(n_cols, dtype=np.uint64)[None, :]
-    delta = thompson_delta(_rng.row_keys(seeds)[:, None], arm_blocks, alpha, beta)
+    delta = thompson_delta(rng.row_keys(seeds)[:, None], arm_blocks, alpha, beta)
     valid = np.ones((n_rows, n_cols), dtype=bool) if mask is None else ~mask
     return _rank(delta, valid, k)
 

@@ -1,7 +1,7 @@
 """Exploration over a batch: choose a slate per row and the probability of each choice.
 
 Every sampler is seeded **per row** (``seeds: uint64[B]``): row r draws only from its own
-counter-based stream (``_rng``), so its slate depends on its seed and its own inputs,
+counter-based stream (``rng``), so its slate depends on its seed and its own inputs,
 never on which other rows share the batch, on the thread count or on the backend. Log
 the seed and the decision is reproducible.
 

@@ -20,6 +20,23 @@ class InvalidFeatureType(ModelError, TypeError):
     """A featurizer input has the wrong type or dtype; the message names it."""
 
 
+class InvalidPolicyInput(ModelError, ValueError):
+    """A policy's input (scores, counts, slate size, temperature) has a bad shape or value;
+    the message names it."""
+
+
+class InvalidPolicyInputType(ModelError, TypeError):
+    """A policy's input has the wrong type or dtype; the message names the argument."""
+
+
+class InvalidLogs(ModelError, ValueError):
+    """Logged data or an evaluation policy has a bad shape or value; the message names it."""
+
+
+class InvalidLogsType(ModelError, TypeError):
+    """Logged data has the wrong type or dtype; the message names the argument."""
+
+
 class CheckpointError(ModelError, ValueError):
     """A checkpoint is missing, unreadable, corrupt or inconsistent with its metadata."""
 

@@ -1,10 +1,12 @@
 """The Ray Serve application: HTTP gateway (decision API, KServe v2), batched use-case
-replicas, typed config, metrics.
+replicas, typed config, decision log, metrics.
 
-Layers, outermost first: ``_router`` (HTTP only) -> ``serving`` / ``kserve`` (decode,
-validate, assign, encode; no HTTP) -> ``usecases`` (batched featurize, score, select; no
-HTTP, no Ray). ``deployments`` and ``app`` put them on Ray Serve. Importing this package
-does not import Ray or torch; ``build_app`` and ``app_builder`` do.
+Layers, outermost first, each importing only the ones below it: ``ray`` (deployments,
+actors, the application; the only package that imports Ray) -> ``http`` (routes, bodies,
+status codes) -> ``engine`` (batched featurize, score, select; reports; no HTTP) ->
+``protocol`` (wire types). ``config``, ``errors`` and ``decisions`` (the decision log)
+serve every layer. Importing this package does not import Ray or torch; ``build_app`` and
+``app_builder`` do.
 """
 
 from nudgeserve.serve.config import (

@@ -108,13 +108,13 @@ class HttpError:
 def _backpressure(exc: BaseException) -> HttpError | None:
     """Ray Serve's own queue-full error (raised by a handle call), if ``exc`` is one.
 
-    Imported lazily: unit tests of the mapping never import Ray.
+    Looked up in ``sys.modules`` so this module never imports Ray (only ``serve.ray``
+    does): if Ray Serve's exceptions were never imported, none of them can exist.
     """
-    try:
-        from ray.serve.exceptions import BackPressureError
-    except ImportError:  # pragma: no cover - ray is a dependency
+    ray_exceptions = sys.modules.get("ray.serve.exceptions")
+    if ray_exceptions is None:
         return None
-    if isinstance(exc, BackPressureError):
+    if isinstance(exc, ray_exceptions.BackPressureError):
         retry = exc.retry_after_s if exc.retry_after_s is not None else 1.0
         return HttpError(503, f"overloaded: {exc.message}", _retry_after(retry))
     return None

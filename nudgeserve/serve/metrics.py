@@ -1,11 +1,15 @@
-"""Prometheus metrics: recorded in every replica with ``ray.util.metrics``, served on the
-server's own port by the gateway (``GET /metrics``).
+"""Prometheus metrics: the families every replica records, and the filter that serves them
+on the server's own port (``GET /metrics``).
+
+Under Ray the recorders are ``ray.util.metrics`` ones (``serve.ray.metrics`` builds them;
+the only part that imports Ray).
 
 Ray gathers every process's metrics on each node and exports them in Prometheus text from
 the node's metrics agent; the gateway fetches its node's export and returns our families
 (``ray_nudgeserve_*``) and the Ray Serve families that show load (queued and ongoing
-requests per deployment and replica, request counts, processing latency). On a cluster, point Prometheus at every node's export port for
-the whole picture; ``/metrics`` shows the gateway's node.
+requests per deployment and replica, request counts, processing latency). On a cluster,
+point Prometheus at every node's export port for the whole picture; ``/metrics`` shows the
+gateway's node.
 
 Outside Ray (unit tests) the metrics are no-ops, so the code paths stay the same.
 """
@@ -13,13 +17,15 @@ Outside Ray (unit tests) the metrics are no-ops, so the code paths stay the same
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-LATENCY_BOUNDARIES_S = [
+LATENCY_BOUNDARIES_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
     5.0,
-]  # fmt: skip
-BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+)  # fmt: skip
+BATCH_BOUNDARIES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Our families, and Ray Serve's that say how loaded the deployments are (its others, e.g.
 # long-poll and start-up latencies, are left to Ray's own export).
 EXPORTED_PREFIXES = (
@@ -37,8 +43,31 @@ EXPORTED_PREFIXES = (
 )
 
 
-class _Null:
-    """Stands in for a Ray metric outside Ray."""
+@dataclass(frozen=True)
+class Family:
+    """One metric family: ``kind`` (``counter``, ``histogram``, ``gauge``), its name
+    without Ray's ``ray_`` prefix, help text, tag keys and histogram boundaries."""
+
+    kind: Literal["counter", "histogram", "gauge"]
+    name: str
+    description: str
+    tag_keys: tuple[str, ...]
+    boundaries: tuple[float, ...] = ()
+
+
+class Recorder(Protocol):
+    """What the serving code calls on a metric (Ray's ``Counter``/``Histogram``/``Gauge``
+    have these methods; each family uses the one of its kind)."""
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None: ...
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+
+
+class _NoOp:
+    """Records nothing: the recorder outside Ray, so the code paths stay the same."""
 
     def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
         pass
@@ -50,8 +79,65 @@ class _Null:
         pass
 
 
+# Every family we record, by the ``ServeMetrics`` attribute that records it.
+FAMILIES: dict[str, Family] = {
+    "requests": Family(
+        "counter",
+        "nudgeserve_requests_total",
+        "HTTP requests answered, by route and status code.",
+        ("route", "code"),
+    ),
+    "errors": Family(
+        "counter",
+        "nudgeserve_errors_total",
+        "HTTP requests answered with an error status, by route and code.",
+        ("route", "code"),
+    ),
+    "request_latency": Family(
+        "histogram",
+        "nudgeserve_request_latency_seconds",
+        "Seconds from receiving a request to answering it, by route.",
+        ("route",),
+        LATENCY_BOUNDARIES_S,
+    ),
+    "stage_latency": Family(
+        "histogram",
+        "nudgeserve_stage_latency_seconds",
+        "Seconds per stage: decode, featurize, model, select, encode.",
+        ("use_case", "stage"),
+        LATENCY_BOUNDARIES_S,
+    ),
+    "batch_size": Family(
+        "histogram",
+        "nudgeserve_batch_size",
+        "Requests per model batch, by use case and method (decide, infer).",
+        ("use_case", "method"),
+        BATCH_BOUNDARIES,
+    ),
+    "queue_depth": Family(
+        "gauge",
+        "nudgeserve_queue_depth",
+        "Requests waiting in a replica for their batch, by use case.",
+        ("use_case",),
+    ),
+    "log_queue": Family(
+        "gauge",
+        "nudgeserve_decision_log_queue_depth",
+        "Writes waiting for the replica's decision-log writer, by use case.",
+        ("use_case",),
+    ),
+    "learner_staleness": Family(
+        "gauge",
+        "nudgeserve_learner_staleness_seconds",
+        "Age of the bandit snapshot a replica decides with (since its last successful "
+        "fetch from the learner), by use case.",
+        ("use_case",),
+    ),
+}
+
+
 class ServeMetrics:
-    """The metrics one process records (create in a replica's ``__init__``).
+    """The metrics one process records (create one per replica).
 
     requests: requests answered, by route and status code; errors: the non-2xx ones, by
     route and code; request_latency: receive-to-answer seconds by route; stage_latency:
@@ -59,67 +145,24 @@ class ServeMetrics:
     requests per batch by use case and method; queue_depth: requests waiting in this
     replica for their batch, by use case; log_queue: writes waiting for the decision
     log's writer; learner_staleness: age of the replica's bandit snapshot.
+
+    make_recorder: builds the recorder of a ``Family`` (``serve.ray.metrics`` passes
+    Ray's); None: every metric is a no-op (outside Ray).
     """
 
-    def __init__(self) -> None:
-        try:
-            import ray
+    requests: Recorder
+    errors: Recorder
+    request_latency: Recorder
+    stage_latency: Recorder
+    batch_size: Recorder
+    queue_depth: Recorder
+    log_queue: Recorder
+    learner_staleness: Recorder
 
-            enabled = ray.is_initialized()
-        except ImportError:  # pragma: no cover - ray is a dependency
-            enabled = False
-        if not enabled:
-            null = _Null()
-            self.requests = self.errors = self.request_latency = null
-            self.stage_latency = self.batch_size = self.queue_depth = null
-            self.log_queue = self.learner_staleness = null
-            return
-        from ray.util.metrics import Counter, Gauge, Histogram
-
-        self.requests = Counter(
-            "nudgeserve_requests_total",
-            description="HTTP requests answered, by route and status code.",
-            tag_keys=("route", "code"),
-        )
-        self.errors = Counter(
-            "nudgeserve_errors_total",
-            description="HTTP requests answered with an error status, by route and code.",
-            tag_keys=("route", "code"),
-        )
-        self.request_latency = Histogram(
-            "nudgeserve_request_latency_seconds",
-            description="Seconds from receiving a request to answering it, by route.",
-            boundaries=LATENCY_BOUNDARIES_S,
-            tag_keys=("route",),
-        )
-        self.stage_latency = Histogram(
-            "nudgeserve_stage_latency_seconds",
-            description="Seconds per stage: decode, featurize, model, select, encode.",
-            boundaries=LATENCY_BOUNDARIES_S,
-            tag_keys=("use_case", "stage"),
-        )
-        self.batch_size = Histogram(
-            "nudgeserve_batch_size",
-            description="Requests per model batch, by use case and method (decide, infer).",
-            boundaries=BATCH_BOUNDARIES,
-            tag_keys=("use_case", "method"),
-        )
-        self.queue_depth = Gauge(
-            "nudgeserve_queue_depth",
-            description="Requests waiting in a replica for their batch, by use case.",
-            tag_keys=("use_case",),
-        )
-        self.log_queue = Gauge(
-            "nudgeserve_decision_log_queue_depth",
-            description="Writes waiting for the replica's decision-log writer, by use case.",
-            tag_keys=("use_case",),
-        )
-        self.learner_staleness = Gauge(
-            "nudgeserve_learner_staleness_seconds",
-            description="Age of the bandit snapshot a replica decides with (since its "
-            "last successful fetch from the learner), by use case.",
-            tag_keys=("use_case",),
-        )
+    def __init__(self, make_recorder: Callable[[Family], Recorder] | None = None) -> None:
+        no_op = _NoOp()
+        for attr, family in FAMILIES.items():
+            setattr(self, attr, no_op if make_recorder is None else make_recorder(family))
 
 
 def filter_families(text: str, prefixes: tuple[str, ...] = EXPORTED_PREFIXES) -> str:
@@ -141,21 +184,6 @@ def filter_families(text: str, prefixes: tuple[str, ...] = EXPORTED_PREFIXES) ->
         if name and name.group(0).startswith(prefixes):
             kept.append(line)
     return "\n".join(kept) + "\n"
-
-
-def local_metrics_url() -> str | None:
-    """The Prometheus export URL of this process's Ray node, or None outside Ray."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    node_id = ray.get_runtime_context().get_node_id()
-    for node in ray.nodes():
-        if node.get("NodeID") == node_id and node.get("Alive"):
-            port = node.get("MetricsExportPort")
-            if port:
-                return f"http://{node['NodeManagerAddress']}:{port}/metrics"
-    return None
 
 
 async def fetch_metrics(session: Any, url: str, timeout_s: float = 3.0) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._scratch import ray_temp_dir
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
 
@@ -29,7 +31,11 @@ def server(tmp_path_factory):
         env.pop(name, None)
     log = open(log_path, "wb")  # noqa: SIM115 - closed in the finalizer below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nudgeserve.cli", "run", "--port", str(port)],
+        [
+            sys.executable, "-m", "nudgeserve.cli", "run", "--port", str(port),
+            "--state-dir", str(tmp_path_factory.mktemp("state")),
+            "--ray-temp-dir", str(ray_temp_dir("e2e")),
+        ],  # fmt: skip
         cwd=ROOT,
         env=env,
         stdout=log,

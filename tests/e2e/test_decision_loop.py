@@ -27,6 +27,7 @@ import pytest
 
 from nudgeserve.serve.config import default_config
 from nudgeserve.serve.http.decide import assign_variant
+from tests._scratch import ray_temp_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
@@ -65,7 +66,7 @@ def loop_server(tmp_path_factory):
         "--state-dir",
         str(state),
         "--ray-temp-dir",
-        str(ROOT / ".ray" / "e2edl"),
+        str(ray_temp_dir("e2edl")),
     ]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

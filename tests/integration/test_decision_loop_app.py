@@ -168,7 +168,7 @@ def test_feedback_reaches_the_thompson_arm_through_the_learner(url, tmp_path):
         assert last.count(good) >= 24, last
     finally:
         serve.delete(APP_NAME)
-        from nudgeserve.serve.engine.bandits import stop_learners
+        from nudgeserve.serve.ray.learner import stop_learners
 
         stop_learners(config)
 

@@ -15,14 +15,9 @@ import pytest
 
 from nudgeserve.models.policies.linear_bandit import LinearBandit
 from nudgeserve.serve.decisions import DecisionLog, DecisionRecord, FeedbackEvent
-from nudgeserve.serve.ray.learner import (
-    LearnerClient,
-    LearnerConfig,
-    LearnerConfigMismatch,
-    LoggedFeatures,
-    load_state,
-    stop_learner,
-)
+from nudgeserve.serve.engine.learner_state import LearnerConfig, LearnerConfigMismatch, load_state
+from nudgeserve.serve.engine.learning import LoggedFeatures
+from nudgeserve.serve.ray.learner import connect_client, stop_learner
 
 ray = pytest.importorskip("ray")
 
@@ -45,7 +40,7 @@ class Replica:
     """What a serving replica does: connect at start, read snapshots on requests."""
 
     def __init__(self, config: LearnerConfig) -> None:
-        self.client = LearnerClient.connect(config, LoggedFeatures(DIM), timeout_s=60.0)
+        self.client = connect_client(config, LoggedFeatures(DIM), timeout_s=60.0)
 
     def view(self) -> dict:
         snap = self.client.snapshot()
@@ -179,7 +174,7 @@ def test_two_replicas_share_the_learner_state_within_the_staleness_bound(local_r
         # A second learner with other settings under the same name is refused.
         other = LearnerConfig(**{**_fields(config), "reward_kind": "conversion"})
         with pytest.raises(LearnerConfigMismatch, match="reward_kind"):
-            LearnerClient.connect(other, start=False)
+            connect_client(other, start=False)
 
         # The learner's process dies; Ray restarts it, it reloads the saved state and
         # replays the rest of the log: nothing lost, nothing counted twice.

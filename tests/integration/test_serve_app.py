@@ -28,10 +28,12 @@ from nudgeserve.serve.config import (
     ServerSettings,
     default_config,
 )
-from nudgeserve.serve.engine.records import policy_label
-from nudgeserve.serve.engine.usecases import DecisionItem, DecisionMeta, build_engine
+from nudgeserve.serve.engine.policy_labels import policy_label
+from nudgeserve.serve.engine.types import DecisionItem, DecisionMeta
+from nudgeserve.serve.engine.usecases import build_engine
 from nudgeserve.serve.protocol.decide import ObdContext
 from nudgeserve.serve.ray.app import APP_NAME, build_app
+from tests._scratch import ray_temp_dir
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -39,10 +41,10 @@ from ray import serve  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ray_session():
-    from nudgeserve.serve.ray.local import default_temp_dir, free_port, prepare_environment
+    from nudgeserve.serve.ray.local import free_port, prepare_environment
 
     saved = dict(os.environ)
-    temp_dir = default_temp_dir()
+    temp_dir = ray_temp_dir("serveapp")
     port = free_port()
     prepare_environment("proxy", port, temp_dir)
     ray.init(

@@ -58,8 +58,8 @@ Randomness: every draw comes from the kernels' counter-based generator keyed by 
 request's seed (``seeds: uint64[B]``, as in ``nudgeserve.kernels.sampling``), so a row's
 result depends only on its seed and its own inputs, never on its batch-mates.
 
-NumPy only: no torch, no Ray, no HTTP. The learner (``nudgeserve.serve.ray.learner``) owns the
-one updating copy; serving replicas hold read-only snapshots of it.
+NumPy only: no torch, no Ray, no HTTP. The learner (``nudgeserve.serve.engine.learning``)
+owns the one updating copy; serving replicas hold read-only snapshots of it.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ import numbers
 
 import numpy as np
 
-# ``_rng`` is the kernels' counter-based generator (internal to ``kernels``): the same
-# per-row streams the kernel samplers use, so a decision's seed reproduces a Thompson draw
-# as it reproduces a kernel's slate.
-from nudgeserve.kernels import _rng, epsilon_greedy_slate, topk
+# ``rng`` is the kernels' counter-based generator: the same per-row streams the kernel
+# samplers use, so a decision's seed reproduces a Thompson draw as it reproduces a
+# kernel's slate.
+from nudgeserve.kernels import epsilon_greedy_slate, rng, topk
 from nudgeserve.kernels.sampling import check_epsilon, check_seeds
 from nudgeserve.models.errors import InvalidFeatures, InvalidFeatureType
 
@@ -420,12 +420,12 @@ class LinearBandit:
         first_draw = _check_int(first_draw, "first_draw", 0)
         d = self.dim
         pairs = (d + 1) // 2
-        keys = _rng.row_keys(seeds)[:, None, None]
+        keys = rng.row_keys(seeds)[:, None, None]
         j = np.arange(first_draw, first_draw + draws, dtype=np.uint64)[None, :, None]
         q = np.arange(pairs, dtype=np.uint64)[None, None, :]
         base = np.uint64(2 * pairs) * j + np.uint64(2) * q
-        radius = np.sqrt(-2.0 * np.log(_rng.uniforms(keys, base)))
-        angle = (2.0 * np.pi) * _rng.uniforms(keys, base + np.uint64(1))
+        radius = np.sqrt(-2.0 * np.log(rng.uniforms(keys, base)))
+        angle = (2.0 * np.pi) * rng.uniforms(keys, base + np.uint64(1))
         z = np.empty((seeds.shape[0], draws, 2 * pairs))
         z[:, :, 0::2] = radius * np.cos(angle)
         z[:, :, 1::2] = radius * np.sin(angle)

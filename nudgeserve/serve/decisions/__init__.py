@@ -1,8 +1,10 @@
-"""The durable decision log, the feedback join and the Parquet export.
+"""The durable decision log, the feedback join, reading the log back and the Parquet export.
 
 Embedded default store: one SQLite file in WAL mode, written by one group-commit thread
-per process. See README.md beside this file for the API the server calls and the
-durability contract. Imports nothing of Ray or HTTP, and not pyarrow until an export.
+per process. This package is the only code that knows the file's tables: everything else
+writes and reads through the names below. See README.md beside this file for the API the
+server calls and the durability contract. Imports nothing of Ray or HTTP, and not pyarrow
+until an export.
 """
 
 from nudgeserve.serve.decisions._config import DecisionLogConfig
@@ -23,6 +25,12 @@ from nudgeserve.serve.decisions._export import (
     arrow_schema,
     export_parquet,
     read_export_metadata,
+)
+from nudgeserve.serve.decisions._reading import (
+    LogBatch,
+    LogFollower,
+    LoggedDecisions,
+    read_decisions,
 )
 from nudgeserve.serve.decisions._records import (
     OUTCOME_KINDS,
@@ -56,9 +64,13 @@ __all__ = [
     "InvalidDecisionRecordType",
     "InvalidFeedback",
     "InvalidFeedbackType",
+    "LogBatch",
+    "LogFollower",
+    "LoggedDecisions",
     "SchemaVersionError",
     "arrow_schema",
     "export_parquet",
     "install_sigterm_handler",
+    "read_decisions",
     "read_export_metadata",
 ]

@@ -1,11 +1,13 @@
-"""Wiring the online learner (``learner``) to the served use cases.
+"""What the online learner needs from the served use cases, and what replicas hold of it.
 
 A use case whose policies (its own, an experiment variant's or a holdout's) include
-``thompson`` or ``linear`` gets one learner: an actor that reads the decision log and
-keeps per-arm reward counts and the linear bandit, per experiment arm
-(``learner.policy_key``). Every replica serving the use case holds a ``LearnerClient``
-and hands the latest snapshot to its engine before each batch; the request path never
-waits for the learner (staleness bound: ``nudgeserve.serve.ray.learner``).
+``thompson`` or ``linear`` gets one learner (``learner_config``): it reads the decision
+log and keeps per-arm reward counts and the linear bandit, per experiment arm
+(``learner_state.policy_key``). Every replica serving the use case holds a
+``BanditFeed`` and hands the latest snapshot to its engine before each batch; the
+request path never waits for the learner (staleness bound:
+``nudgeserve.serve.engine.learning``). The learner actor and the connection to it are
+``nudgeserve.serve.ray.learner``.
 
 The linear bandit's features of a logged decision are recomputed inside the learner by
 ``ReplayBanditFeatures`` from what the log holds (the replay vector and the chosen
@@ -13,7 +15,7 @@ actions' scores) with the model that decided, so they equal the features the pol
 when it chose. Decisions made by another checkpoint are learned from for the arm counts
 only (the learner's ``feature_space`` is the checkpoint's id).
 
-No HTTP here; Ray only inside ``connect_learner``.
+No HTTP, no Ray here.
 """
 
 from __future__ import annotations
@@ -24,28 +26,30 @@ from typing import Any
 
 import numpy as np
 
-from nudgeserve.serve.config import LinearBandit, ObdUseCase, ServeConfig, Thompson, UseCase
-from nudgeserve.serve.engine.usecases import ObdEngine, describe
+from nudgeserve.serve.config import LinearBanditPolicy, ObdUseCase, ServeConfig, Thompson, UseCase
+from nudgeserve.serve.engine.describe import describe
+from nudgeserve.serve.engine.learner_state import LearnerConfig
+from nudgeserve.serve.engine.obd import ObdEngine
 
 logger = logging.getLogger("ray.serve")
 
 
 def needs_learner(config: ServeConfig, settings: UseCase) -> bool:
     """Whether any policy of ``settings`` learns (``thompson`` or ``linear``)."""
-    return any(isinstance(p, Thompson | LinearBandit) for p in config.policies_for(settings.name))
+    return any(
+        isinstance(p, Thompson | LinearBanditPolicy) for p in config.policies_for(settings.name)
+    )
 
 
-def learner_config(config: ServeConfig, settings: UseCase) -> Any:
+def learner_config(config: ServeConfig, settings: UseCase) -> LearnerConfig | None:
     """The ``LearnerConfig`` of ``settings``' learner (None when it needs none).
 
     Paths are made absolute: the learner actor may run in another working directory.
     """
-    from nudgeserve.serve.ray.learner import LearnerConfig
-
     if not needs_learner(config, settings):
         return None
     info = describe(settings)
-    linear = any(isinstance(p, LinearBandit) for p in config.policies_for(settings.name))
+    linear = any(isinstance(p, LinearBanditPolicy) for p in config.policies_for(settings.name))
     dim = info.bandit_dim if linear else 0
     prior = (1.0,) + (0.0,) * (dim - 1) if dim else ()
     state_dir = os.path.abspath(config.state_dir)
@@ -76,11 +80,12 @@ def featurizer_for(settings: UseCase) -> Any:
 class ReplayBanditFeatures:
     """The linear bandit's features of logged OBD decisions, replayed through the model.
 
-    A zero-argument factory (what ``LearnerClient.connect`` takes as ``featurizer``): the
-    learner calls it once, in its own process, which loads the use case's checkpoint on
-    the CPU; ``featurize(records)`` then gives, per ``DecisionRecord``, float64[K, d]:
-    slot s's ``[score_s, u * v_s]`` (``ObdEngine.bandit_features``), or None for a
-    decision of another use case or checkpoint (its features live in another space).
+    A zero-argument factory (what ``ray.learner.connect_client`` takes as
+    ``featurizer``): the learner calls it once, in its own process, which loads the use
+    case's checkpoint on the CPU; ``featurize(records)`` then gives, per
+    ``DecisionRecord``, float64[K, d]: slot s's ``[score_s, u * v_s]``
+    (``ObdEngine.bandit_features``), or None for a decision of another use case or
+    checkpoint (its features live in another space).
     """
 
     def __init__(self, settings: ObdUseCase) -> None:
@@ -153,33 +158,3 @@ class BanditFeed:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
-
-
-def connect_learner(config: ServeConfig, settings: UseCase) -> BanditFeed:
-    """Attach this replica to the use case's learner, creating the actor if needed
-    (inside Ray only; outside it, and for use cases without bandit policies, an empty
-    feed: the bandit policies then decide from their priors)."""
-    learner = learner_config(config, settings)
-    if learner is None:
-        return BanditFeed()
-    import ray
-
-    if not ray.is_initialized():
-        return BanditFeed()
-    from nudgeserve.serve.ray.learner import LearnerClient
-
-    client = LearnerClient.connect(learner, featurizer=featurizer_for(settings))
-    return BanditFeed(client)
-
-
-def stop_learners(config: ServeConfig) -> list[str]:
-    """Save and end every learner of ``config`` (application shutdown); returns the use
-    cases whose learner was running."""
-    from nudgeserve.serve.ray.learner import stop_learner
-
-    stopped = []
-    for settings in config.use_cases:
-        learner = learner_config(config, settings)
-        if learner is not None and stop_learner(learner):
-            stopped.append(settings.name)
-    return stopped

@@ -22,13 +22,10 @@ The ensemble scores the batch in chunks of at most ``chunk_rows`` rows (one stac
 forward per chunk); the rule then runs once over the whole batch, so a ledger of daily
 caps sees one ``allocate`` call per batch, however many chunks it took.
 
-What the decision log records for such a decision (``batch_records``; ``/v1/decide``'s
-``decision_records.RecordBuilder`` writes the same): ``candidates`` = the treatments in model order, ``actions`` = [the action],
-``propensities`` = [its propensity], ``scores`` = [its expected net value],
-``experiment`` = the use case's intervention experiment, ``variant`` = the reason (so the
-randomised rows, ``holdout`` and ``explore``, are named in the log), ``policy`` =
-``intervention_policy_label``, ``features`` = the replay vector (raw numeric columns, then the
-ensemble featurizer's hashed categorical buckets).
+What the decision log records for such a decision: ``record_builder`` (``RecordBuilder``
+for ``/v1/decide``, ``intervention_records`` for the batch endpoint); its ``features`` are
+the replay vector: the raw numeric columns, then the ensemble featurizer's hashed
+categorical buckets.
 
 ``experiment_impact`` turns the logged decisions of the experiment and their joined
 feedback into ``models.impact.impact_from_logs``'s input: the rule's choice per decision
@@ -57,17 +54,15 @@ from nudgeserve.models.policies.intervention import (
     decide_from_ensemble,
 )
 from nudgeserve.models.specs import HILLSTROM_OUTCOMES
-from nudgeserve.serve.decisions import DecisionRecord
+from nudgeserve.serve.engine.policy_labels import intervention_policy_label
 from nudgeserve.serve.protocol.decide import InterventionResult, TreatmentUplift
 
 __all__ = [
     "InterventionBatch",
     "InterventionEngine",
     "NoDecisions",
-    "batch_records",
     "experiment_impact",
     "impact_table",
-    "intervention_policy_label",
 ]
 
 # Reasons whose action did not depend on the model: the randomised rows of the log.
@@ -76,15 +71,6 @@ RANDOMIZED_REASONS = ("holdout", "explore")
 
 class NoDecisions(ValueError):
     """There are no intervention decisions to analyse (in the window asked for)."""
-
-
-def intervention_policy_label(config: InterventionConfig) -> str:
-    """The rule with its parameters, as the decision log's ``policy`` records it."""
-    return (
-        f"intervention(objective={config.objective}, value={config.value_per_unit:g}, "
-        f"threshold={config.threshold:g}, confidence={config.confidence:g}, "
-        f"holdout={config.holdout_share:g}, explore={config.explore_share:g})"
-    )
 
 
 @dataclass(frozen=True)
@@ -418,70 +404,13 @@ class InterventionEngine:
         return out
 
 
-def batch_records(
-    batch: InterventionBatch,
-    *,
-    decision_ids: Sequence[str],
-    unit_ids: Sequence[str],
-    use_case: str,
-    experiment: str,
-    policy: str,
-    model_version: str,
-    model_checkpoint: str,
-    now: float,
-) -> list[DecisionRecord]:
-    """The decision log's records of a batch (module docstring: what each field holds).
-
-    decision_ids, unit_ids: [B] text (unit ids as the request gave them; "" for none).
-    """
-    d = batch.decisions
-    names = list(d.treatments)
-    n = len(batch)
-    if len(decision_ids) != n or len(unit_ids) != n:
-        raise ValueError(
-            f"decision_ids ({len(decision_ids)}) and unit_ids ({len(unit_ids)}) must hold "
-            f"one id per unit ({n})"
-        )
-    # A chosen action always had a positive probability; the log accepts (0, 1] only.
-    smallest = math.ulp(0.0) * 2**52
-    rows = zip(
-        decision_ids,
-        unit_ids,
-        d.action.tolist(),
-        d.reason.tolist(),
-        d.propensity.tolist(),
-        d.expected_net_value.tolist(),
-        batch.replay.tolist(),
-        strict=True,
-    )
-    return [
-        DecisionRecord(
-            decision_id=decision_id,
-            time=now,
-            unit_id=unit_id,
-            experiment=experiment,
-            variant=REASONS[reason],
-            model_version=model_version,
-            policy=policy,
-            candidates=names,
-            actions=[names[action]],
-            scores=[score],
-            propensities=[min(1.0, max(p, smallest))],
-            features=replay,
-            use_case=use_case,
-            model_checkpoint=model_checkpoint,
-        )
-        for decision_id, unit_id, action, reason, p, score, replay in rows
-    ]
-
-
 # ------------------------------------------------------------------------------ impact
 
 
 def impact_table(logged: Any, engine: InterventionEngine, *, feedback_only: bool) -> Any:
     """The pyarrow Table ``models.impact.impact_from_logs`` reads, from logged decisions.
 
-    logged: ``reports.LoggedDecisions`` of one intervention experiment (its records and
+    logged: ``decisions.LoggedDecisions`` of one intervention experiment (its records and
     joined feedback). feedback_only: keep only decisions with at least one joined
     ``visit``/``conversion``/``spend`` event (a replay sends feedback only for the
     decisions whose outcome it knows; the others' outcomes are unknown, not zero).

@@ -1,6 +1,6 @@
 """Reports from the decision log: experiment arms compared, candidate policies evaluated.
 
-Reads the decision log's SQLite file (read-only; the server may be writing it) and the
+Works on decisions read back from the log (``decisions.read_decisions``) and on the
 models; knows neither HTTP nor Ray. Two users: ``GET /v1/experiments/{id}/report`` and
 ``nudgeserve evaluate logs``.
 
@@ -33,130 +33,18 @@ hash features differently), and the report says how many.
 from __future__ import annotations
 
 import math
-import os
-import sqlite3
-from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import numpy as np
 
-from nudgeserve.serve.decisions import DecisionRecord
+from nudgeserve.serve.decisions import DecisionRecord, LoggedDecisions
 
 # Two-sided 95 % normal quantile.
 Z95 = 1.959963984540054
 # Bootstrap replicates for report intervals: a report answers an HTTP request.
 REPORT_BOOTSTRAP = 200
 CANDIDATE_POLICIES = ("greedy", "epsilon_greedy", "softmax")
-
-_record_decoder = msgspec.msgpack.Decoder(DecisionRecord)
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-@dataclass
-class LoggedDecisions:
-    """Decisions read from the log with their joined feedback.
-
-    records: the decisions, in log order; feedback: per decision, ``(action, kind,
-    summed value, events)`` rows (``action`` None: the decision as a whole).
-    """
-
-    records: list[DecisionRecord] = field(default_factory=list)
-    feedback: dict[str, list[tuple[str | None, str, float, int]]] = field(default_factory=dict)
-
-    def slot_rewards(self, kind: str) -> list[np.ndarray]:
-        """Per decision, float64[K]: each slot's summed ``kind`` value (its action's
-        events plus the decision-level ones), the export's ``reward``."""
-        out = []
-        for rec in self.records:
-            reward = np.zeros(len(rec.actions))
-            slot = {a: s for s, a in enumerate(rec.actions)}
-            for action, k, total, _ in self.feedback.get(rec.decision_id, ()):
-                if k != kind:
-                    continue
-                if action is None:
-                    reward += total
-                elif action in slot:
-                    reward[slot[action]] += total
-            out.append(reward)
-        return out
-
-    def outcome_totals(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(events int64[n], value float64[n]) of ``kind`` per decision."""
-        events = np.zeros(len(self.records), dtype=np.int64)
-        value = np.zeros(len(self.records))
-        for i, rec in enumerate(self.records):
-            for _, k, total, count in self.feedback.get(rec.decision_id, ()):
-                if k == kind:
-                    events[i] += count
-                    value[i] += total
-        return events, value
-
-
-def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no decision log at {path}")
-    # mode=rw, not ro: a read-only connection cannot read a WAL file that writers hold
-    # open. Nothing here writes.
-    uri = f"file:{Path(path).resolve().as_posix()}?mode=rw"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
-
-
-def read_decisions(
-    path: str | os.PathLike[str],
-    *,
-    use_case: str | None = None,
-    experiment: str | None = None,
-    since: float | None = None,
-    until: float | None = None,
-) -> LoggedDecisions:
-    """The logged decisions matching the filters, with their joined feedback, from one
-    snapshot of the log (one read transaction)."""
-    where, params = [], []
-    if experiment is not None:
-        where.append("experiment = ?")
-        params.append(experiment)
-    if since is not None:
-        where.append("time >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("time < ?")
-        params.append(until)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    conn = _connect(path)
-    try:
-        conn.execute("BEGIN")
-        has = conn.execute(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
-            "AND name IN ('decisions', 'feedback')"
-        ).fetchone()[0]
-        if has < 2:
-            raise ValueError(f"{os.fspath(path)} is not a decision log (no decisions table)")
-        rows = conn.execute(
-            f"SELECT record FROM decisions{clause} ORDER BY rowid", params
-        ).fetchall()
-        feedback_rows = conn.execute(
-            "SELECT f.decision_id, f.action, f.kind, SUM(f.value), COUNT(*) "
-            f"FROM (SELECT decision_id FROM decisions{clause}) AS d "
-            "CROSS JOIN feedback AS f ON f.decision_id = d.decision_id "
-            "GROUP BY f.decision_id, f.action, f.kind",
-            params,
-        ).fetchall()
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-    records = [_record_decoder.decode(r[0]) for r in rows]
-    if use_case is not None:
-        records = [r for r in records if r.use_case == use_case]
-    feedback: dict[str, list] = defaultdict(list)
-    for decision_id, action, kind, total, count in feedback_rows:
-        feedback[decision_id].append((action, kind, float(total), int(count)))
-    return LoggedDecisions(records, dict(feedback))
 
 
 # ------------------------------------------------------------------------- intervals

@@ -1,4 +1,4 @@
-"""Serving logic of the decision API: decode, validate, assign a variant, build the answer.
+"""The decision API's serving logic: decode, validate, assign a variant, build the answer.
 
 Between the HTTP router and the batched scorers, knowing neither HTTP nor Ray: it takes
 the body's bytes and its media type, and returns bytes. Everything a single request can
@@ -18,14 +18,16 @@ import msgspec
 import numpy as np
 
 from nudgeserve.serve.config import Control, Experiment, Variant
-from nudgeserve.serve.engine.records import policy_label, policy_name
-from nudgeserve.serve.engine.usecases import (
+from nudgeserve.serve.engine.policy_labels import policy_label, policy_name
+from nudgeserve.serve.engine.types import (
     DecisionItem,
     DecisionMeta,
     DecisionOutcome,
+    UnitsOutcome,
     UseCaseInfo,
 )
-from nudgeserve.serve.errors import ConfigError, InvalidRequest, ModelNotFound, UnsupportedMediaType
+from nudgeserve.serve.errors import ConfigError, InvalidRequest, ModelNotFound
+from nudgeserve.serve.http.bodies import JSON, MSGPACK, decode_body, decoders, field_path
 from nudgeserve.serve.protocol.decide import (
     CONTEXT_TYPES,
     BatchDecideRequest,
@@ -37,27 +39,6 @@ from nudgeserve.serve.protocol.decide import (
     RankedAction,
     UnitDecision,
 )
-
-JSON = "application/json"
-MSGPACK = "application/msgpack"
-_MSGPACK_TYPES = {MSGPACK, "application/x-msgpack", "application/vnd.msgpack"}
-
-
-def media_type(content_type: str | None) -> str:
-    """``JSON`` or ``MSGPACK`` for a Content-Type header (parameters ignored; no header
-    means JSON); anything else is UnsupportedMediaType."""
-    if not content_type:
-        return JSON
-    base = content_type.split(";", 1)[0].strip().lower()
-    if base in ("application/json", "text/json", "*/*"):
-        return JSON
-    if base in _MSGPACK_TYPES:
-        return MSGPACK
-    raise UnsupportedMediaType(
-        f"unsupported media type {base!r}; send application/json or application/msgpack",
-        "Content-Type",
-    )
-
 
 # The ``policy`` an intervention use case's answers name.
 INTERVENTION_POLICY = "intervention"
@@ -94,17 +75,6 @@ class Pending:
     policy: str
     experiment: str | None
     variant: str | None
-
-
-def _field_path(exc: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
-    """``(field, reason)`` from msgspec's ``"reason - at `$.a[0].b`"``."""
-    text = str(exc)
-    marker = " - at `$"
-    at = text.rfind(marker)
-    if at < 0:
-        return prefix, text
-    path = text[at + len(marker) : -1]
-    return (prefix + path).lstrip("."), text[:at]
 
 
 def _check_text(value: str, field: str) -> None:
@@ -153,34 +123,21 @@ class DecisionService:
         # Decision ids (and exploration seeds) from a per-process generator seeded by the
         # OS: unique in practice and ~10x cheaper than uuid4's os.urandom per call.
         self._random = random.Random(os.urandom(32))
-        self._decoders = {
-            JSON: msgspec.json.Decoder(DecideRequest),
-            MSGPACK: msgspec.msgpack.Decoder(DecideRequest),
-        }
+        self._decoders = decoders(DecideRequest)
         self._context_decoders = {
-            (fmt, kind): (msgspec.json.Decoder if fmt == JSON else msgspec.msgpack.Decoder)(t)
-            for fmt in (JSON, MSGPACK)
+            (fmt, kind): decoder
             for kind, t in CONTEXT_TYPES.items()
+            for fmt, decoder in decoders(t).items()
         }
         self._encoders = {JSON: msgspec.json.Encoder(), MSGPACK: msgspec.msgpack.Encoder()}
-        self._batch_decoders = {
-            JSON: msgspec.json.Decoder(BatchDecideRequest),
-            MSGPACK: msgspec.msgpack.Decoder(BatchDecideRequest),
-        }
+        self._batch_decoders = decoders(BatchDecideRequest)
         self._index = {name: _catalog_index(info) for name, info in infos.items()}
 
     # -- decode and validate --------------------------------------------------------------
 
     def decode(self, body: bytes, fmt: str) -> DecideRequest:
         """The request Struct, or InvalidRequest naming the bad field."""
-        try:
-            return self._decoders[fmt].decode(body)
-        except msgspec.ValidationError as exc:
-            field, reason = _field_path(exc)
-            raise InvalidRequest(reason, field) from None
-        except msgspec.DecodeError as exc:
-            kind = "JSON" if fmt == JSON else "msgpack"
-            raise InvalidRequest(f"body is not valid {kind}: {exc}") from None
+        return decode_body(self._decoders[fmt], body, fmt)
 
     def prepare(self, request: DecideRequest, fmt: str) -> tuple[DecisionItem, Pending]:
         """Validate ``request`` against its use case; the item to score and what the
@@ -194,7 +151,7 @@ class DecisionService:
         try:
             context = self._context_decoders[(fmt, info.kind)].decode(request.context)
         except msgspec.ValidationError as exc:
-            field, reason = _field_path(exc, "context")
+            field, reason = field_path(exc, "context")
             raise InvalidRequest(reason, field) from None
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"malformed: {exc}", "context") from None
@@ -390,6 +347,7 @@ class DecisionService:
     # -- answer ---------------------------------------------------------------------------
 
     def respond(self, pending: Pending, outcome: DecisionOutcome) -> DecideResponse:
+        """The answer to the request ``pending`` stands for, from the scorer's outcome."""
         info = pending.info
         n_catalog = info.n_catalog
         actions = []
@@ -425,14 +383,7 @@ class DecisionService:
     def decode_batch(self, body: bytes, fmt: str) -> BatchDecideRequest:
         """``POST /v1/decide/batch``'s body, or InvalidRequest naming the bad field
         (``units[3].context.history``)."""
-        try:
-            return self._batch_decoders[fmt].decode(body)
-        except msgspec.ValidationError as exc:
-            field, reason = _field_path(exc)
-            raise InvalidRequest(reason, field) from None
-        except msgspec.DecodeError as exc:
-            kind = "JSON" if fmt == JSON else "msgpack"
-            raise InvalidRequest(f"body is not valid {kind}: {exc}") from None
+        return decode_body(self._batch_decoders[fmt], body, fmt)
 
     def prepare_batch(self, request: BatchDecideRequest, max_units: int) -> BatchPending:
         """Validate a batch against its use case; the columns and ids to decide on."""
@@ -481,8 +432,8 @@ class DecisionService:
         ]
         return BatchPending(info, columns, units, given, decision_ids, dry)
 
-    def respond_batch(self, pending: BatchPending, outcome: Any) -> BatchDecideResponse:
-        """The batch's answer from the scorer's ``UnitsOutcome`` (results in unit order)."""
+    def respond_batch(self, pending: BatchPending, outcome: UnitsOutcome) -> BatchDecideResponse:
+        """The batch's answer from the scorer's outcome (results in unit order)."""
         info = pending.info
         ids = pending.decision_ids or [None] * len(pending.unit_ids)
         results = [
@@ -503,6 +454,7 @@ class DecisionService:
         )
 
     def encode(self, response: Any, fmt: str) -> bytes:
+        """``response`` in the request's media type."""
         return self._encoders[fmt].encode(response)
 
 

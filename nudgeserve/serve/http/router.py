@@ -1,9 +1,11 @@
 """HTTP routing for the gateway: paths, methods, bodies, headers, status codes.
 
-The only module that knows HTTP. It reads the body (bounded by ``max_body_bytes``,
-decompressing gzip/deflate within the same bound), hands bytes to the serving logic
-(``serving.DecisionService``, ``kserve.V2Codec``) and items to the scorers, and turns every
-exception into a response through ``errors.http_error``.
+It reads the body (bounded by ``max_body_bytes``, decompressing gzip/deflate within the
+same bound), hands bytes to the serving logic (``decide.DecisionService``,
+``feedback_body.FeedbackService``, ``protocol.kserve.V2Codec``), items to the scorers
+(``Scorer``) and report requests to ``engine.report_service``, and turns every exception
+into a response through ``errors.http_error``. No Ray: the Ray layer hands in its metrics
+recorders, its metrics export and its model registry link.
 
 Routes:
 
@@ -31,16 +33,26 @@ import logging
 import math
 import time
 import zlib
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol
 
 import msgspec
 from starlette.responses import Response
 
 from nudgeserve import __version__
 from nudgeserve.serve import _env
-from nudgeserve.serve.config import ServeConfig
-from nudgeserve.serve.engine.reports import experiment_report, read_decisions
-from nudgeserve.serve.engine.usecases import UseCaseInfo, build_engine, describe
+from nudgeserve.serve.config import HillstromUseCase, ServeConfig
+from nudgeserve.serve.engine.batch_engine import BatchEngine
+from nudgeserve.serve.engine.describe import describe
+from nudgeserve.serve.engine.model_versions import ModelChoice, ModelWatch
+from nudgeserve.serve.engine.report_service import ExperimentReports, ImpactOptions
+from nudgeserve.serve.engine.types import (
+    DecisionItem,
+    DecisionOutcome,
+    InferOutcome,
+    UnitsOutcome,
+    UseCaseInfo,
+)
 from nudgeserve.serve.errors import (
     ConfigError,
     Forbidden,
@@ -54,17 +66,17 @@ from nudgeserve.serve.errors import (
     UnsupportedMediaType,
     http_error,
 )
-from nudgeserve.serve.http.decide import DecisionService, _field_path, media_type
-from nudgeserve.serve.http.feedback import FeedbackService
-from nudgeserve.serve.metrics import ServeMetrics, fetch_metrics, local_metrics_url
-from nudgeserve.serve.protocol.decide import openapi_document
+from nudgeserve.serve.http.bodies import JSON, decode_body, media_type
+from nudgeserve.serve.http.decide import DecisionService
+from nudgeserve.serve.http.feedback_body import FeedbackService
+from nudgeserve.serve.http.openapi import openapi_document
+from nudgeserve.serve.metrics import ServeMetrics, fetch_metrics
 from nudgeserve.serve.protocol.kserve import (
     HEADER_LENGTH,
     ModelStatistics,
     V2Codec,
     server_metadata,
 )
-from nudgeserve.serve.ray.model_versions import ModelChoice, ModelWatch
 
 JSON_TYPE = "application/json"
 # Ray Serve's logger: lines go to the replica's log file with its request context.
@@ -84,6 +96,35 @@ async def bounded(awaitable: Any, timeout_s: float, what: str) -> Any:
 
 def _split(path: str) -> list[str]:
     return [p for p in path.split("/") if p]
+
+
+class Scorer(Protocol):
+    """One use case's batched scorer as the router sees it: in this process (the
+    gateway's colocated scorer) or a handle to the use case's own deployment.
+
+    engine: the engine scoring in this process (reports replay with it), or None when
+    the use case is scored in another process.
+    """
+
+    @property
+    def engine(self) -> BatchEngine | None: ...
+
+    async def decide(self, item: DecisionItem) -> DecisionOutcome: ...
+
+    async def decide_units(
+        self,
+        columns: dict[str, list[Any]],
+        unit_ids: list[str],
+        given_unit_ids: list[str],
+        decision_ids: list[str],
+        dry_run: bool,
+    ) -> UnitsOutcome: ...
+
+    async def infer(self, inputs: dict[str, Any]) -> InferOutcome: ...
+
+    async def ready(self) -> Any: ...
+
+    async def load_model(self, choice: ModelChoice) -> Any: ...
 
 
 class LoadRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -125,43 +166,65 @@ class AdminAuth:
 
 
 class Router:
-    """Routes one gateway replica's requests (see the module docstring)."""
+    """Routes one gateway replica's requests (see the module docstring).
 
-    def __init__(self, config: ServeConfig, scorers: dict[str, Any], log: Any = None) -> None:
+    scorers: each use case's scorer by name. log: the replica's ``DecisionLog``
+    (feedback, reports), or None when logging is disabled. metrics: what the replica
+    records (default: no-ops, as outside Ray). metrics_url: where this node exports its
+    metrics in Prometheus text (None: ``GET /metrics`` answers 503).
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        scorers: dict[str, Scorer],
+        log: Any = None,
+        *,
+        metrics: ServeMetrics | None = None,
+        metrics_url: Callable[[], str | None] | None = None,
+    ) -> None:
         self.config = config
         self.scorers = scorers
-        # The replica's DecisionLog (feedback, reports), or None when logging is disabled.
         self.log = log
         self.feedback_service = FeedbackService(config.decision_log.outcome_kinds)
         self.admin = AdminAuth(_env.admin_token() or config.server.admin_token)
         self.settings = {u.name: u for u in config.use_cases}
-        self.experiments = {e.name: e for e in config.experiments}
-        # The model registry's link (set by the gateway); None: reloads reach this
+        # The model registry's link (``use_model_watch``); None: reloads reach this
         # replica only.
         self.models_watch: ModelWatch | None = None
-        self._replay_engines: dict[str, Any] = {}
         self._load_body = msgspec.json.Decoder(LoadRequest)
         self.infos: dict[str, UseCaseInfo] = {u.name: describe(u) for u in config.use_cases}
         self.models = {info.model_name: info for info in self.infos.values()}
         self.decisions = DecisionService(self.infos, config.experiments)
+        self.reports = ExperimentReports(
+            config,
+            log.config.path if log is not None else None,
+            lambda use_case: self.scorers[use_case].engine,
+        )
         self.v2 = V2Codec()
         self.json = msgspec.json.Encoder()
         self.stats = {
             info.model_name: ModelStatistics(info.model_name, info.version)
             for info in self.infos.values()
         }
-        self.metrics = ServeMetrics()
+        self.metrics = metrics if metrics is not None else ServeMetrics()
         self._decode_tags = {name: {"use_case": name, "stage": "decode"} for name in self.infos}
         self.max_body = config.server.max_body_bytes
         self.timeout_s = config.server.request_timeout_s
         self._ready: set[str] = set()
         self._session: Any = None
+        self._find_metrics_url = metrics_url or (lambda: None)
         self._metrics_url: str | None = None
         self._openapi = self.json.encode(
             openapi_document(
                 [{"name": i.name, "kind": i.kind} for i in self.infos.values()], __version__
             )
         )
+
+    def use_model_watch(self, watch: ModelWatch) -> None:
+        """Follow the model registry through ``watch`` (its ``apply`` must be this router's
+        ``apply_model``): reloads then reach every replica, not only this one."""
+        self.models_watch = watch
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -301,11 +364,12 @@ class Router:
         return Response(payload, media_type=fmt)
 
     async def decide_batch(self, request: Any) -> Response:
-        """Intervention decisions for many units in one call (``serving.prepare_batch``)."""
+        """Intervention decisions for many units in one call (``DecisionService.prepare_batch``)."""
         fmt = media_type(request.headers.get("content-type"))
         body = await self.read_body(request)
         decoded = self.decisions.decode_batch(body, fmt)
-        interventions = getattr(self.settings.get(decoded.use_case), "interventions", None)
+        settings = self.settings.get(decoded.use_case)
+        interventions = settings.interventions if isinstance(settings, HillstromUseCase) else None
         max_units = interventions.max_batch_units if interventions is not None else 0
         pending = self.decisions.prepare_batch(decoded, max_units)
         outcome = await bounded(
@@ -339,13 +403,8 @@ class Router:
         self.admin.check(request.headers.get("authorization"))
         info = self._model(model_name)
         body = await self.read_body(request)
-        try:
-            wanted = self._load_body.decode(body)
-        except msgspec.ValidationError as exc:
-            field, reason = _field_path(exc)
-            raise InvalidRequest(reason, field) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+        # JSON whatever the Content-Type: an admin call, not a hot path.
+        wanted = decode_body(self._load_body, body, JSON)
         current = self.settings[info.name]
         checkpoint = wanted.checkpoint or current.checkpoint
         version = wanted.version or str(int(current.version) + 1)
@@ -383,96 +442,27 @@ class Router:
         self.models[info.model_name] = info
         # Statistics restart with the version they describe (Triton's are per version).
         self.stats[info.model_name] = ModelStatistics(info.model_name, info.version)
-        self._replay_engines.pop(use_case, None)
+        self.reports.model_changed(settings)
 
     async def experiment_report(self, name: str) -> Response:
-        experiment = self.experiments.get(name)
-        if experiment is None:
-            known = ", ".join(sorted(self.experiments)) or "none configured"
-            raise NotFound(f"experiment {name!r} is not configured ({known})")
-        if self.log is None:
-            raise NotReady("no report: the decision log is disabled")
-        engine = await self._replay_engine(experiment.use_case)
-        settings = self.settings[experiment.use_case]
-        kinds = self.config.decision_log.outcome_kinds
-        path = self.log.config.path
-
-        def build() -> dict[str, Any]:
-            logged = read_decisions(path, experiment=name)
-            return experiment_report(
-                logged,
-                experiment,
-                outcome_kinds=kinds,
-                reward_kind=settings.learning.reward,
-                engine=engine,
-                policies=(("greedy", {}), ("epsilon_greedy", {"epsilon": 0.1})),
-                with_reward_model=self.infos[experiment.use_case].kind == "obd",
-            )
-
         # Reading the log and replaying the model take a while: off the event loop.
-        report = await bounded(asyncio.to_thread(build), 60.0, "the report")
+        report = await bounded(
+            asyncio.to_thread(self.reports.experiment_report, name), 60.0, "the report"
+        )
         return self._json(report)
 
     async def experiment_impact(self, name: str, query: bytes) -> Response:
         """The causal impact of an intervention experiment from the log (query: see
         ``impact_query``); 404 when it has no decisions in the window."""
-        use_case = next(
-            (u for u, info in self.infos.items() if info.intervention_experiment == name), None
-        )
-        if use_case is None:
-            known = sorted(
-                i.intervention_experiment for i in self.infos.values() if i.intervention_experiment
-            )
-            hint = f"; {name!r} is an experiment with a report" if name in self.experiments else ""
-            raise NotFound(
-                f"experiment {name!r} is not an intervention experiment (intervention "
-                f"experiments: {', '.join(known) or 'none configured'}){hint}"
-            )
-        if self.log is None:
-            raise NotReady("no impact report: the decision log is disabled")
-        # Imported here: the intervention code pulls in the models (torch), which only
-        # this route of the router needs.
-        from nudgeserve.serve.engine.interventions import NoDecisions, experiment_impact
-
-        params = impact_query(query)
-        engine = await self._replay_engine(use_case)
-        path = self.log.config.path
-
-        def build() -> dict[str, Any]:
-            logged = read_decisions(
-                path, experiment=name, since=params["since"], until=params["until"]
-            )
-            try:
-                out = experiment_impact(
-                    logged,
-                    engine.interventions,
-                    experiment=name,
-                    feedback_only=params["feedback_only"],
-                    n_bootstrap=params["n_bootstrap"],
-                    qini_resamples=params["qini_resamples"],
-                    seed=params["seed"],
-                )
-            except NoDecisions as exc:
-                raise NotFound(f"experiment {name!r}: {exc}") from None
-            out["since"], out["until"] = params["since"], params["until"]
-            return out
-
+        self.reports.check_impact(name)  # an unknown experiment is 404 whatever the query
+        options = impact_query(query)
         # Reading the log, replaying the ensemble and bootstrapping: off the event loop.
-        report = await bounded(asyncio.to_thread(build), 120.0, "the impact report")
+        report = await bounded(
+            asyncio.to_thread(self.reports.experiment_impact, name, options),
+            120.0,
+            "the impact report",
+        )
         return self._json(report)
-
-    async def _replay_engine(self, use_case: str) -> Any:
-        """The model a report replays: the colocated scorer's, else one loaded here."""
-        scorer = self.scorers[use_case]
-        engine = getattr(scorer, "engine", None)
-        if engine is not None:
-            return engine
-        engine = self._replay_engines.get(use_case)
-        if engine is None:
-            engine = build_engine(self.settings[use_case])
-            await asyncio.to_thread(engine.load, "cpu", False)
-            self._replay_engines[use_case] = engine
-        return engine
 
     async def infer(self, request: Any, info: UseCaseInfo) -> Response:
         t0 = time.perf_counter()
@@ -507,7 +497,7 @@ class Router:
         import aiohttp
 
         if self._metrics_url is None:
-            self._metrics_url = local_metrics_url()
+            self._metrics_url = self._find_metrics_url()
         if self._metrics_url is None:
             raise NotReady("metrics export is not available (Ray's metrics agent not found)")
         if self._session is None:
@@ -584,27 +574,24 @@ class Router:
         return _inflate(body, encoding, limit)
 
 
-# Query parameters of GET /v1/experiments/{id}/impact: (kind, default, low, high).
-_IMPACT_PARAMS: dict[str, tuple[str, Any, float, float]] = {
-    "feedback_only": ("bool", False, 0, 0),
-    "since": ("time", None, 0, 0),
-    "until": ("time", None, 0, 0),
-    "n_bootstrap": ("int", 200, 10, 10_000),
-    "qini_resamples": ("int", 100, 10, 2_000),
-    "seed": ("int", 0, 0, 2**32 - 1),
+# Query parameters of GET /v1/experiments/{id}/impact (``ImpactOptions``' fields): (kind,
+# low, high).
+_IMPACT_PARAMS: dict[str, tuple[str, float, float]] = {
+    "feedback_only": ("bool", 0, 0),
+    "since": ("time", 0, 0),
+    "until": ("time", 0, 0),
+    "n_bootstrap": ("int", 10, 10_000),
+    "qini_resamples": ("int", 10, 2_000),
+    "seed": ("int", 0, 2**32 - 1),
 }
 
 
-def impact_query(query: bytes) -> dict[str, Any]:
-    """The impact route's parameters with their defaults; InvalidRequest naming a bad one.
-
-    feedback_only: only decisions with joined feedback (what a replay leaves);
-    since / until: epoch seconds bounding the decisions' time; n_bootstrap,
-    qini_resamples, seed: the estimation's resampling.
-    """
+def impact_query(query: bytes) -> ImpactOptions:
+    """The impact route's parameters (``ImpactOptions``; omitted ones get their
+    defaults); InvalidRequest naming a bad one."""
     from urllib.parse import parse_qsl
 
-    out = {name: spec[1] for name, spec in _IMPACT_PARAMS.items()}
+    out: dict[str, Any] = {}
     seen: set[str] = set()
     for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         spec = _IMPACT_PARAMS.get(name)
@@ -615,7 +602,7 @@ def impact_query(query: bytes) -> dict[str, Any]:
         if name in seen:
             raise InvalidRequest("is given twice", name)
         seen.add(name)
-        kind, _, low, high = spec
+        kind, low, high = spec
         if kind == "bool":
             if value.lower() not in ("true", "false", "1", "0"):
                 raise InvalidRequest(f"must be true or false, got {value!r}", name)
@@ -636,9 +623,10 @@ def impact_query(query: bytes) -> dict[str, Any]:
             if not low <= n <= high:
                 raise InvalidRequest(f"must be in [{low}, {high}], got {n}", name)
             out[name] = n
-    if out["since"] is not None and out["until"] is not None and out["until"] <= out["since"]:
-        raise InvalidRequest(f"must be after since ({out['since']}), got {out['until']}", "until")
-    return out
+    options = ImpactOptions(**out)
+    if options.since is not None and options.until is not None and options.until <= options.since:
+        raise InvalidRequest(f"must be after since ({options.since}), got {options.until}", "until")
+    return options
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:

@@ -15,7 +15,7 @@ from ray.serve.config import BackpressureConfig
 
 from nudgeserve.serve import _env
 from nudgeserve.serve.config import DeploymentSettings, ServeConfig, parse_config
-from nudgeserve.serve.engine.usecases import describe
+from nudgeserve.serve.engine.describe import describe
 from nudgeserve.serve.errors import ConfigError
 from nudgeserve.serve.ray.deployments import Gateway, UseCaseScorer
 

@@ -17,34 +17,26 @@ import logging
 import time
 from typing import Any
 
-import msgspec
 import numpy as np
 from ray import serve
 
 from nudgeserve.serve.config import ServeConfig, UseCase
-from nudgeserve.serve.engine.bandits import BanditFeed, connect_learner
-from nudgeserve.serve.engine.interventions import batch_records
-from nudgeserve.serve.engine.records import RecordBuilder
-from nudgeserve.serve.engine.usecases import (
+from nudgeserve.serve.engine.bandits import BanditFeed
+from nudgeserve.serve.engine.model_versions import ModelChoice, ModelWatch
+from nudgeserve.serve.engine.record_builder import RecordBuilder, intervention_records
+from nudgeserve.serve.engine.types import (
     DecisionItem,
     DecisionOutcome,
     InferOutcome,
-    build_engine,
+    UnitsOutcome,
 )
+from nudgeserve.serve.engine.usecases import build_engine
 from nudgeserve.serve.errors import DecisionNotLogged, Overloaded
-from nudgeserve.serve.metrics import ServeMetrics
-from nudgeserve.serve.ray.model_versions import ModelChoice, ModelWatch
+from nudgeserve.serve.ray.learner import connect_learner
+from nudgeserve.serve.ray.metrics import local_metrics_url, ray_metrics
+from nudgeserve.serve.ray.model_registry import watch_models
 
 logger = logging.getLogger("ray.serve")
-
-
-class UnitsOutcome(msgspec.Struct, frozen=True):
-    """A scorer's answer to a batch of intervention units: ``InterventionResult`` per unit
-    in order, and which model decided."""
-
-    results: list[Any]
-    model_version: str
-    model_checkpoint: str
 
 
 # ``UseCaseScorer``'s decision_log argument: open the replica's own log from the config.
@@ -108,25 +100,23 @@ class UseCaseScorer:
         # the gateway, the gateway's own watch drives its scorers.
         self.watch: ModelWatch | None = None
         if self._owns_log and config is not None:
-            self.watch = ModelWatch.for_config(config, self._apply_choice)
+            self.watch = watch_models(config, self._apply_choice)
         self._reload_lock = asyncio.Lock()
         batching = settings.batching
         for method in (self._decide_batch, self._infer_batch):
             method.set_max_batch_size(batching.max_batch_size)
             method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        self.metrics = ServeMetrics()
+        self.metrics = ray_metrics()
         self._tags = {"use_case": settings.name}
         self._waiting = 0
 
     def _build(self, settings: UseCase):
-        engine = build_engine(settings)
-        engine.extra_policies = self.policies
-        return engine
+        return build_engine(settings, self.policies)
 
     def _attach_budget(self, engine: Any) -> None:
         """An intervention use case with daily caps decides on the ledger every replica
         shares (``budget``: one actor); outside Ray (tests) it keeps its own."""
-        interventions = getattr(engine, "interventions", None)
+        interventions = engine.interventions
         if interventions is None or not interventions.config.daily_caps:
             return
         import ray
@@ -227,8 +217,8 @@ class UseCaseScorer:
         (failing the whole batch) rather than return a decision that is not logged."""
         # One engine per batch, even if a reload swaps it meanwhile.
         engine, records = self.current
-        engine.bandit = self.feed.snapshot()
-        if getattr(engine, "ledger_blocks", False):
+        engine.set_bandit_snapshot(self.feed.snapshot())
+        if engine.ledger_blocks:
             # The shared budget is one actor call per batch: wait for it off the loop.
             outcomes = await asyncio.to_thread(engine.decide_batch, items)
         else:
@@ -262,15 +252,11 @@ class UseCaseScorer:
             batch = engine.decide_units(columns, np.asarray(unit_ids), not dry_run)
             records = []
             if not dry_run and self.log is not None:
-                records = batch_records(
+                records = intervention_records(
                     batch,
+                    info,
                     decision_ids=decision_ids,
                     unit_ids=given_unit_ids,
-                    use_case=info.name,
-                    experiment=info.intervention_experiment or "",
-                    policy=info.intervention_policy,
-                    model_version=info.version,
-                    model_checkpoint=info.checkpoint_id,
                     now=time.time(),
                 )
             return batch.results(), records
@@ -341,6 +327,9 @@ class UseCaseScorer:
 class _Remote:
     """A use-case deployment reached through its handle (placement ``separate``)."""
 
+    # Scored in the deployment's own replicas: no engine in this process.
+    engine = None
+
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
@@ -377,9 +366,11 @@ class Gateway:
                 scorers[settings.name] = _Remote(handles[settings.name])
             else:
                 scorers[settings.name] = UseCaseScorer(settings, config, self.log)
-        self.router = Router(config, scorers, self.log)
-        # Reloads reach every replica through the model registry (``model_versions``).
-        self.router.models_watch = ModelWatch.for_config(config, self.router.apply_model)
+        self.router = Router(
+            config, scorers, self.log, metrics=ray_metrics(), metrics_url=local_metrics_url
+        )
+        # Reloads reach every replica through the model registry (``model_registry``).
+        self.router.use_model_watch(watch_models(config, self.router.apply_model))
 
     async def __call__(self, request: Any) -> Any:
         return await self.router.handle(request)

@@ -118,7 +118,7 @@ class LocalServer:
         from ray import serve
 
         if self.config is not None:
-            from nudgeserve.serve.engine.bandits import stop_learners
+            from nudgeserve.serve.ray.learner import stop_learners
 
             def save_learners() -> None:
                 try:
@@ -179,7 +179,7 @@ def start_local(
     direct ingress modes Ray's proxy listens on another free port (``proxy_url``).
     Returns once ``/v2/health/ready`` answers.
     """
-    from nudgeserve.serve.engine.usecases import describe
+    from nudgeserve.serve.engine.describe import describe
     from nudgeserve.serve.errors import ConfigError
 
     for settings in config.use_cases:

@@ -10,21 +10,23 @@ the same functions of the same rows and the bootstrap is keyed by decision id, t
 equals the in-memory ``ope.evaluate_logs`` on the same files, whatever the partitioning
 (up to floating-point summation order).
 
-The caller owns the Ray runtime: connect or start it (``ray.init``) before calling; Ray
-Data otherwise starts a default local instance.
+The caller owns the Ray runtime: connect or start it before calling (a command uses
+``ray_for_evaluation``); Ray Data otherwise starts a default local instance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
 from nudgeserve.models.evaluation import ope
 
-__all__ = ["evaluate_parquet_ray", "parquet_statistics_ray"]
+__all__ = ["evaluate_parquet_ray", "parquet_statistics_ray", "ray_for_evaluation"]
 
 # Rows per map batch: statistics cost O(rows x replicates); 64k rows keep a batch's
 # arrays (about 30 floats per row) in tens of MiB while amortizing per-task overhead.
@@ -40,6 +42,31 @@ def _resolve(paths: Sequence[str | Path]) -> list[str]:
     if not paths:
         raise ope.InvalidLogs("paths must name at least one Parquet file or directory")
     return (ope.parquet_files(local) if local else []) + remote
+
+
+@contextlib.contextmanager
+def ray_for_evaluation(address: str | None = None, temp_dir: Path | None = None) -> Iterator[None]:
+    """Ray for one evaluation: this process's runtime if it runs one already, else a
+    connection to ``address`` (None: a new local instance, its files under ``temp_dir``
+    when given), shut down again on exit. Quiet: no dashboard, no worker logs."""
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+    }
+    if address:
+        kwargs["address"] = address
+    if temp_dir is not None:
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["_temp_dir"] = str(temp_dir.resolve())
+    ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _batch_statistics(
@@ -80,7 +107,7 @@ def parquet_statistics_ray(
     with_reward_model: use the ``reward_hat`` column (default: when the files have it).
     reward_column: the column read as the reward.
     """
-    import ray.data
+    import ray.data  # Ray Data loads pyarrow: only when a Parquet evaluation runs
 
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ope.InvalidLogs(f"batch_rows must be a positive int, got {batch_rows!r}")

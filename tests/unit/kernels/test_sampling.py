@@ -17,13 +17,13 @@ from hypothesis.extra import numpy as hnp
 
 from nudgeserve.kernels import (
     REGISTRY,
-    _rng,
     epsilon_greedy_slate,
     plackett_luce_slate,
     thompson_bernoulli_slate,
     topk,
 )
 from nudgeserve.kernels import _sampling_ref as ref
+from nudgeserve.kernels.rng import GAMMA, mix64, row_keys, uniforms
 
 # The samplers have a numba kernel and the NumPy reference (no Cython: numba's loops are
 # as fast here, and nothing in them needs SIMD).
@@ -74,15 +74,15 @@ def _check_padding_and_range(indices, props, scores, mask):
 
 def test_splitmix64_known_answers():
     # SplitMix64 from state 0: the first outputs of the reference implementation.
-    state = np.arange(1, 4, dtype=np.uint64) * _rng.GAMMA
+    state = np.arange(1, 4, dtype=np.uint64) * GAMMA
     np.testing.assert_array_equal(
-        _rng.mix64(state),
+        mix64(state),
         np.array([0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F], dtype=np.uint64),
     )
 
 
 def test_uniforms_are_open_unit_and_uniform():
-    u = _rng.uniforms(_rng.row_keys(np.array([12345], dtype=np.uint64)), np.arange(200_000))
+    u = uniforms(row_keys(np.array([12345], dtype=np.uint64)), np.arange(200_000))
     assert u.min() > 0.0 and u.max() < 1.0
     counts = np.bincount((u * 20).astype(int), minlength=20)
     chi2 = ((counts - 10_000) ** 2 / 10_000).sum()
@@ -94,8 +94,8 @@ def test_numba_generator_is_bit_identical():
     rng = np.random.default_rng(0)
     seeds = rng.integers(0, 2**64 - 1, 50, dtype=np.uint64, endpoint=True)
     counters = rng.integers(0, 2**40, 50).astype(np.uint64)
-    keys = _rng.row_keys(seeds)
-    want = _rng.uniforms(keys, counters)
+    keys = row_keys(seeds)
+    want = uniforms(keys, counters)
     got = [nb._uniform(nb._row_key(s), c) for s, c in zip(seeds, counters, strict=True)]
     np.testing.assert_array_equal(np.array(got), want)
     shapes = np.linspace(0.05, 300, 50)
@@ -109,7 +109,7 @@ def test_numba_generator_is_bit_identical():
 def test_gamma_draws_have_the_right_moments(shape):
     n = 40_000
     g, log_boost = ref.gamma_draws(
-        _rng.row_keys(np.array([7], dtype=np.uint64)),
+        row_keys(np.array([7], dtype=np.uint64)),
         np.arange(n, dtype=np.uint64),
         np.full(n, shape),
     )
@@ -122,7 +122,7 @@ def test_gamma_draws_have_the_right_moments(shape):
 
 def test_beta_draws_from_thompson_delta_have_the_right_mean():
     n = 40_000
-    keys = _rng.row_keys(np.array([11], dtype=np.uint64))
+    keys = row_keys(np.array([11], dtype=np.uint64))
     for a, b in [(0.4, 0.7), (3.0, 30.0), (500.0, 20.0)]:
         delta = ref.thompson_delta(keys, 2 * np.arange(n, dtype=np.uint64), a, b)
         theta = 1.0 / (1.0 + np.exp(-delta))

@@ -544,68 +544,6 @@ def test_few_rewarded_rows_are_flagged():
     assert any("only 3 rows carry both weight and a nonzero reward" in m for m in out.warnings)
 
 
-# ------------------------------------------------------------------ policies as distributions
-
-
-def test_greedy_slate_puts_the_kth_best_action_at_position_k():
-    scores = np.array([[0.1, 0.5, 0.3, 0.5], [3.0, 2.0, 1.0, 0.0]])
-    dist = ope.greedy_slate_dist(scores, 3)
-    assert dist.shape == (2, 4, 3)
-    np.testing.assert_array_equal(dist.argmax(axis=1), [[1, 3, 2], [0, 1, 2]])
-    np.testing.assert_array_equal(dist.sum(axis=1), np.ones((2, 3)))
-    assert dist.sum(axis=2).max() == 1.0  # an action fills at most one slot
-
-
-@pytest.mark.parametrize("n_positions", [1, 2, 3])
-def test_plackett_luce_marginals_match_sampled_slates(n_positions):
-    rng = np.random.default_rng(n_positions)
-    scores = rng.normal(size=(2, 7))
-    temperature = 0.6
-    dist = ope.plackett_luce_dist(scores, n_positions, temperature)
-    np.testing.assert_allclose(dist.sum(axis=1), 1.0, atol=1e-12)
-    z = scores / temperature
-    np.testing.assert_allclose(dist[:, :, 0], np.exp(z) / np.exp(z).sum(1, keepdims=True))
-    # Gumbel top-k draws exactly Plackett-Luce slates.
-    n_draws = 200_000
-    keys = z[:, None, :] + rng.gumbel(size=(2, n_draws, 7))
-    slates = np.argsort(-keys, axis=2)[:, :, :n_positions]
-    for row in range(2):
-        for k in range(n_positions):
-            freq = np.bincount(slates[row, :, k], minlength=7) / n_draws
-            np.testing.assert_allclose(dist[row, :, k], freq, atol=5e-3)
-
-
-def test_bernoulli_ts_simulation_follows_the_posteriors():
-    # Item 2 is clearly best, item 0 clearly second; the others are uncertain and poor.
-    succ = np.array([300.0, 1.0, 900.0, 0.0, 2.0])
-    fail = np.array([700.0, 99.0, 100.0, 50.0, 98.0])
-    dist = ope.bernoulli_ts_dist(succ, fail, 2, n_sim=20_000, seed=1)
-    np.testing.assert_allclose(dist.sum(axis=0), 1.0)
-    assert dist[2, 0] > 0.999 and dist[0, 1] > 0.999
-    again = ope.bernoulli_ts_dist(succ, fail, 2, n_sim=20_000, seed=1)
-    np.testing.assert_array_equal(dist, again)
-    flat = ope.bernoulli_ts_dist(
-        np.zeros(4),
-        np.zeros(4),
-        1,
-        n_sim=40_000,
-        seed=2,
-        prior_alpha=np.full(4, 5.0),
-        prior_beta=5.0,
-    )
-    np.testing.assert_allclose(flat[:, 0], 0.25, atol=0.01)
-
-
-def test_empirical_slot_distribution_counts_each_slot():
-    actions = np.array([0, 1, 1, 2, 2, 2])
-    positions = np.array([0, 0, 0, 1, 1, 0])
-    dist = ope.empirical_slot_dist(actions, positions, 3, 2)
-    np.testing.assert_allclose(dist[:, 0], [0.25, 0.5, 0.25])
-    np.testing.assert_allclose(dist[:, 1], [0.0, 0.0, 1.0])
-    with pytest.raises(ValueError, match="position"):
-        ope.empirical_slot_dist(actions, np.zeros(6, np.int64), 3, 2)
-
-
 # ------------------------------------------------------------------ the evaluate command
 
 

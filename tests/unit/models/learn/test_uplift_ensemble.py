@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from statistics import NormalDist
 
@@ -193,12 +194,37 @@ def test_shipped_calibration_reproduces_on_the_test_split(shipped):
     test = data.take(test_rows)
     prediction = shipped.score(test.raw_columns())
     stored = {c["outcome"]: c for c in shipped.metadata.calibration["test"]}
-    for outcome in HILLSTROM_OUTCOMES:
-        summary = calibration_summary(
-            prediction, test.treatment, test.outcome(outcome), outcome, split="test"
+    # The stored figures were computed on another CPU. torch's float32 results differ across
+    # CPUs (vector width, FMA, threads) by a few units in the last place, which can move a
+    # customer whose predicted uplift sits on a group boundary into the next group and so
+    # move the statistic. So the tolerance is measured, not guessed: the spread of each
+    # statistic when every prediction is perturbed by 1e-5 relative (about 100 float32 ulps,
+    # above any cross-CPU difference), times 3, plus the float64 noise floor.
+    rng = np.random.default_rng(0)
+    perturbed = [
+        dataclasses.replace(
+            prediction,
+            members=prediction.members
+            * (1 + 1e-5 * rng.standard_normal(prediction.members.shape)).astype(np.float32),
         )
-        assert summary.coverage == pytest.approx(stored[outcome]["coverage"])
-        assert summary.mean_z2 == pytest.approx(stored[outcome]["mean_z2"], rel=1e-4)
+        for _ in range(4)
+    ]
+    for outcome in HILLSTROM_OUTCOMES:
+        y = test.outcome(outcome)
+
+        def summary_of(p, outcome=outcome, y=y):
+            return calibration_summary(p, test.treatment, y, outcome, split="test")
+
+        here = summary_of(prediction)
+        assert summary_of(prediction) == here  # deterministic on one machine
+        spread = [summary_of(p) for p in perturbed]
+        for stat in ("coverage", "mean_z2"):
+            value = getattr(here, stat)
+            wobble = max(abs(getattr(s, stat) - value) for s in spread)
+            tolerance = 3 * wobble + 1e-9 * max(1.0, abs(value))
+            assert abs(value - stored[outcome][stat]) <= tolerance, (
+                outcome, stat, value, stored[outcome][stat], tolerance
+            )
     # The ensemble's mean uplift on held-out customers sits near the experiment's effect.
     visit = prediction.uplift("visit")
     for arm in (1, 2):
@@ -232,7 +258,13 @@ def test_training_is_deterministic_and_round_trips(small_ensemble, tmp_path):
     features = loaded.featurizer.transform(data.raw_columns())
     with torch.no_grad():
         direct = a(torch.from_numpy(features.categorical), torch.from_numpy(features.numeric))
-    np.testing.assert_allclose(loaded.predict(features).members[0], direct.numpy(), rtol=1e-6)
+    # The loaded ensemble runs its members stacked (one batched matmul per layer); the
+    # direct call runs one member: float32 sums in another order, so they agree to a few
+    # ulps of the layer width's accumulation, not bit for bit (the same tolerance as
+    # test_stacked_module_equals_each_member).
+    np.testing.assert_allclose(
+        loaded.predict(features).members[0], direct.numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bootstrap_within_arms_keeps_each_arm_size():

@@ -270,7 +270,7 @@ def test_export_command_writes_the_file(open_log, db_path, tmp_path, capsys):
 def test_export_command_annotates_and_picks_the_reward(filled, tmp_path, db_path, capsys):
     filled[0].flush()
     out = tmp_path / "x.parquet"
-    fn = "tests.unit.decisions.test_export:_uniform_eval"
+    fn = "tests.unit.serve.decisions.test_export:_uniform_eval"
     assert _cli("--db", db_path, "--out", out, "--annotate", fn, "--reward", "spend") == 0
     assert "reward=spend" in capsys.readouterr().out
     table = pq.read_table(out)

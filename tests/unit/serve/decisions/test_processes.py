@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import query, stored_ids
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 
 # Appends decisions as fast as it can and prints each id once append() has returned:
 # a printed id is a decision the "client" was told about.

@@ -1,94 +1,30 @@
-"""Slot propensities: every policy logs P(action at slot), checked against
-``nudgeserve.models.evaluation.ope`` and against the kernels' own sampling; the bandit policies read
-the learner's state; the learner's features of a logged decision are the ones the policy
-saw."""
+"""Slot propensities: every policy logs P(action at slot), checked against the kernels'
+own sampling (the Plackett-Luce math itself: ``tests/unit/models/policies/test_slates.py``);
+the bandit policies read the learner's state; the learner's features of a logged decision
+are the ones the policy saw."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from nudgeserve.kernels import plackett_luce_slate
 from nudgeserve.models import load_obd
-from nudgeserve.models.evaluation import ope
 from nudgeserve.serve.config import (
     Control,
     EpsilonGreedy,
     Greedy,
-    LinearBandit,
+    LinearBanditPolicy,
     PlackettLuce,
     Thompson,
 )
 from nudgeserve.serve.engine.bandits import ReplayBanditFeatures
-from nudgeserve.serve.engine.records import RecordBuilder, policy_label
-from nudgeserve.serve.engine.selection import SelectionState, plackett_luce_marginals, select_slates
-from nudgeserve.serve.engine.usecases import DecisionItem, DecisionMeta
+from nudgeserve.serve.engine.learner_state import LearnerConfig
+from nudgeserve.serve.engine.learning import OnlineLearner
+from nudgeserve.serve.engine.policy_labels import policy_label
+from nudgeserve.serve.engine.record_builder import RecordBuilder
+from nudgeserve.serve.engine.selection import SelectionState, select_slates
+from nudgeserve.serve.engine.types import DecisionItem, DecisionMeta
 from nudgeserve.serve.protocol.decide import ObdContext, ObdItemFeatures
-from nudgeserve.serve.ray.learner import LearnerConfig, OnlineLearner
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    n=st.integers(3, 12),
-    k=st.integers(1, 3),
-    temperature=st.sampled_from([0.01, 0.1, 1.0, 10.0]),
-    seed=st.integers(0, 2**32 - 1),
-    n_masked=st.integers(0, 3),
-)
-def test_plackett_luce_marginals_equal_the_exact_position_distribution(
-    n, k, temperature, seed, n_masked
-):
-    rng = np.random.default_rng(seed)
-    scores = rng.normal(size=(4, n)).astype(np.float32)
-    mask = np.zeros((4, n), dtype=bool)
-    for row in range(4):
-        mask[row, rng.choice(n, size=min(n_masked, n - k), replace=False)] = True
-    idx, _ = plackett_luce_slate(scores, k, temperature, np.arange(4, dtype=np.uint64), mask)
-    got = plackett_luce_marginals(scores, temperature, idx, mask)
-    for row in range(4):
-        valid = np.flatnonzero(~mask[row])
-        want = [exact_marginal(scores[row], valid, temperature, idx[row, :k], s) for s in range(k)]
-        np.testing.assert_allclose(got[row], want, rtol=1e-9, atol=1e-300)
-        if temperature >= 1.0:  # where ope's closed form (1 - w_b) keeps its precision
-            dist = ope.plackett_luce_dist(
-                scores[row : row + 1, valid].astype(np.float64), k, temperature
-            )[0]
-            where = {int(c): j for j, c in enumerate(valid)}
-            ope_want = [dist[where[int(idx[row, s])], s] for s in range(k)]
-            np.testing.assert_allclose(got[row], ope_want, rtol=1e-5, atol=1e-7)
-
-
-def exact_marginal(scores, valid, temperature, chosen, slot):
-    """P(chosen[slot] at slot) by enumerating every ordered prefix of the slate; each
-    step's normaliser is summed over the remaining items (no cancellation)."""
-    import itertools
-
-    z = scores[valid].astype(np.float64) / temperature
-    e = dict(zip(valid.tolist(), np.exp(z - z.max()).tolist(), strict=True))
-    target = int(chosen[slot])
-    total = 0.0
-    for prefix in itertools.permutations(e, slot + 1):
-        if prefix[-1] != target:
-            continue
-        p, left = 1.0, set(e)
-        for item in prefix:
-            p *= e[item] / sum(e[j] for j in left)
-            left.discard(item)
-        total += p
-    return total
-
-
-def test_plackett_luce_marginals_survive_a_dominant_item():
-    # At a low temperature the best item takes nearly all the first slot; the next slots'
-    # probabilities must not cancel to rounding noise.
-    scores = np.asarray([[10.0, 9.0, 8.5, 0.0]], dtype=np.float32)
-    chosen = np.asarray([[0, 1, 2]])
-    got = plackett_luce_marginals(scores, 0.02, chosen, None)
-    np.testing.assert_allclose(got, [[1.0, 1.0, 1.0]], atol=1e-9)
-    got = plackett_luce_marginals(scores, 0.02, np.asarray([[0, 2, 1]]), None)
-    assert got[0, 1] < 1e-9 and got[0, 2] < 1e-9 and got[0, 1] > 0
 
 
 def test_logged_propensities_match_how_often_the_kernels_choose():
@@ -133,7 +69,7 @@ def test_policy_labels_carry_their_parameters():
     assert policy_label(PlackettLuce(temperature=0.5)) == "plackett_luce(temperature=0.5)"
     assert policy_label(Thompson()) == "thompson(prior_alpha=1, prior_beta=1)"
     assert (
-        policy_label(LinearBandit(alpha=0.3, epsilon=0.1))
+        policy_label(LinearBanditPolicy(alpha=0.3, epsilon=0.1))
         == "linear(method=ucb, alpha=0.3, epsilon=0.1)"
     )
     assert policy_label(Control()) == "control"
@@ -213,12 +149,12 @@ def test_thompson_follows_the_learners_counts(engines, obd_log, tmp_path):
     successes, failures = snap.arm_counts("exp/ts")
     assert successes[42] == 100 and failures[42] == 100
     try:
-        engine.bandit = snap
+        engine.set_bandit_snapshot(snap)
         fresh = obd_items(obd_log, range(300, 340), policy)
         decided = engine.decide_batch(fresh)
         other_arm = engine.decide_batch(obd_items(obd_log, range(300, 340), policy, variant="x"))
     finally:
-        engine.bandit = None
+        engine.set_bandit_snapshot(None)
     firsts = [int(o.indices[0]) for o in decided]
     assert firsts.count(42) == len(firsts)
     assert all(o.propensities[0] > 0.99 for o in decided)
@@ -229,7 +165,7 @@ def test_thompson_follows_the_learners_counts(engines, obd_log, tmp_path):
 def test_the_learner_sees_the_features_the_linear_policy_saw(engines, obd_log):
     engine = engines["obd"]
     inline = (ObdItemFeatures(0.7, "a", "b", "c"),)
-    items = obd_items(obd_log, range(5), LinearBandit(), inline=inline)
+    items = obd_items(obd_log, range(5), LinearBanditPolicy(), inline=inline)
     captured = {}
     original = engine.bandit_features
 

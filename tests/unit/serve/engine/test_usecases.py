@@ -15,11 +15,12 @@ from nudgeserve.serve.config import (
     MAX_PLACKETT_LUCE_K,
     EpsilonGreedy,
     Greedy,
-    LinearBandit,
+    LinearBanditPolicy,
     PlackettLuce,
     Thompson,
 )
-from nudgeserve.serve.engine.usecases import DecisionItem, check_outcomes
+from nudgeserve.serve.engine.batch_engine import check_outcomes
+from nudgeserve.serve.engine.types import DecisionItem
 from nudgeserve.serve.errors import BatchError
 from nudgeserve.serve.protocol.decide import HillstromContext, ObdContext, ObdItemFeatures
 
@@ -28,8 +29,8 @@ POLICIES = [
     EpsilonGreedy(epsilon=0.3),
     PlackettLuce(temperature=0.002),
     Thompson(prior_alpha=2.0, prior_beta=50.0),
-    LinearBandit(method="ucb", alpha=0.5, epsilon=0.1),
-    LinearBandit(method="thompson", alpha=0.5, propensity_draws=50),
+    LinearBanditPolicy(method="ucb", alpha=0.5, epsilon=0.1),
+    LinearBanditPolicy(method="thompson", alpha=0.5, propensity_draws=50),
 ]
 
 

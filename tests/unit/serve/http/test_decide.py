@@ -1,5 +1,5 @@
 """Decision API serving logic: decoding (JSON and msgpack), validation naming the field,
-variant assignment, answers, and the OpenAPI document."""
+variant assignment, answers."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 
 from nudgeserve.serve.config import Experiment, Greedy, PlackettLuce, Variant
-from nudgeserve.serve.errors import InvalidRequest, ModelNotFound, UnsupportedMediaType
-from nudgeserve.serve.http.decide import (
-    JSON,
-    MSGPACK,
-    DecisionService,
-    assign_variant,
-    media_type,
-)
-from nudgeserve.serve.protocol.decide import DecideResponse, openapi_document
+from nudgeserve.serve.errors import InvalidRequest, ModelNotFound
+from nudgeserve.serve.http.bodies import JSON, MSGPACK
+from nudgeserve.serve.http.decide import DecisionService, assign_variant
+from nudgeserve.serve.protocol.decide import DecideResponse
 
 USERS = ["u0", "u1", "u2", "u3"]
 CUSTOMER = {
@@ -46,15 +41,6 @@ def body(fmt=JSON, **fields):
 
 def prepare(service, fmt=JSON, **fields):
     return service.prepare(service.decode(body(fmt, **fields), fmt), fmt)
-
-
-def test_media_types():
-    assert media_type(None) == JSON
-    assert media_type("application/json; charset=utf-8") == JSON
-    assert media_type("application/msgpack") == MSGPACK
-    with pytest.raises(UnsupportedMediaType) as info:
-        media_type("text/plain")
-    assert info.value.field == "Content-Type"
 
 
 @pytest.mark.parametrize("fmt", [JSON, MSGPACK])
@@ -268,28 +254,3 @@ def test_answer_maps_indices_back_to_ids(service, engines):
         assert decoded.model_checkpoint == engines["obd"].info.checkpoint_id
         assert all(0 < a.propensity <= 1 for a in decoded.actions)
         np.testing.assert_allclose([a.score for a in decoded.actions], outcome.scores)
-
-
-def test_openapi_document_describes_the_api():
-    doc = openapi_document([{"name": "obd", "kind": "obd"}], "0.1.0")
-    post = doc["paths"]["/v1/decide"]["post"]
-    assert set(post["requestBody"]["content"]) == {"application/json", "application/msgpack"}
-    assert {"200", "400", "404", "413", "415", "503"} <= set(post["responses"])
-    schemas = doc["components"]["schemas"]
-    assert {
-        "DecideRequest",
-        "DecideResponse",
-        "ObdContext",
-        "HillstromContext",
-        "RankedAction",
-        "Candidate",
-    } <= set(schemas)
-    assert "oneOf" in schemas["DecideRequest"]["properties"]["context"]
-    assert schemas["DecideRequest"]["required"] == ["use_case", "context"]
-    assert "propensity_kind" in schemas["DecideResponse"]["properties"]
-    feedback = doc["paths"]["/v1/feedback"]["post"]
-    assert {"200", "207", "404", "422", "400"} <= set(feedback["responses"])
-    assert schemas["FeedbackEvent"]["required"] == ["decision_id", "event_id", "kind"]
-    assert "/v1/experiments/{experiment}/report" in doc["paths"]
-    assert {"401", "403"} <= set(doc["paths"]["/v1/models/{model}/load"]["post"]["responses"])
-    json.dumps(doc)  # serialisable as served

@@ -16,7 +16,7 @@ from nudgeserve.serve.errors import ConfigError
 from nudgeserve.serve.ray.app import app_builder, build_app, deployment_options, resolve_gpus
 from nudgeserve.serve.ray.local import prepare_environment
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 def test_app_builder_takes_the_shipped_files_args():

@@ -1,8 +1,9 @@
 """Which checkpoint each use case serves after ``POST /v1/models/{m}/load``.
 
 A reload request reaches one gateway replica. It records the choice in the **model
-registry** (a small named Ray actor, one per application config), loads the checkpoint
-in its own scorers and answers; every other replica that serves the use case (more
+registry** (``ModelRegistry``: under Ray one small named actor per application config,
+``nudgeserve.serve.ray.model_registry``; else a plain object in the process), loads the
+checkpoint in its own scorers and answers; every other replica that serves the use case (more
 gateway replicas, the replicas of a ``separate`` use-case deployment) finds the new
 choice the next time it checks the registry and swaps its engine the same way (load off
 the event loop, then one assignment between two batches: no request fails or waits).
@@ -18,7 +19,6 @@ config.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,14 +26,12 @@ from typing import Any
 
 import msgspec
 
-from nudgeserve.serve.config import ServeConfig, UseCase
+from nudgeserve.serve.config import UseCase
 
 logger = logging.getLogger("ray.serve")
 
 # Longest pause between two registry checks of a replica that gets requests.
 POLL_S = 1.0
-# Ray namespace of the registry actor (the learner's too).
-NAMESPACE = "nudgeserve"
 
 
 class ModelChoice(msgspec.Struct, frozen=True):
@@ -59,7 +57,8 @@ class ModelChoice(msgspec.Struct, frozen=True):
 
 
 class ModelRegistry:
-    """The reload choices of one application (the body of the registry actor)."""
+    """The reload choices of one application (the body of the registry actor, or held
+    in process by ``ModelWatch.local``)."""
 
     def __init__(self) -> None:
         self._choices: dict[str, ModelChoice] = {}
@@ -73,13 +72,6 @@ class ModelRegistry:
 
     def choices(self) -> dict[str, ModelChoice]:
         return dict(self._choices)
-
-
-def registry_name(config: ServeConfig) -> str:
-    """The registry actor's name: one per application config, so a new deployment with
-    another config starts from its config's models."""
-    digest = hashlib.sha256(msgspec.json.encode(config)).hexdigest()[:16]
-    return f"nudgeserve-models-{digest}"
 
 
 class ModelWatch:
@@ -114,37 +106,6 @@ class ModelWatch:
 
         async def fetch() -> dict[str, ModelChoice]:
             return registry.choices()
-
-        return cls(choose, fetch, apply)
-
-    @classmethod
-    def for_config(
-        cls, config: ServeConfig, apply: Callable[[str, ModelChoice], Awaitable[Any]]
-    ) -> ModelWatch:
-        """The application's registry actor when Ray runs (created by the first replica
-        that asks), else an in-process one."""
-        import ray
-
-        if not ray.is_initialized():
-            return cls.local(apply)
-        actor = (
-            ray.remote(ModelRegistry)
-            .options(
-                name=registry_name(config),
-                namespace=NAMESPACE,
-                get_if_exists=True,
-                lifetime="detached",
-                num_cpus=0,
-                max_restarts=-1,
-            )
-            .remote()
-        )
-
-        async def choose(use_case: str, checkpoint: str, version: str) -> ModelChoice:
-            return await actor.choose.remote(use_case, checkpoint, version)
-
-        async def fetch() -> dict[str, ModelChoice]:
-            return await actor.choices.remote()
 
         return cls(choose, fetch, apply)
 

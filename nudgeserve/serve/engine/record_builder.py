@@ -1,8 +1,10 @@
-"""Decisions as the decision log records them, and the policy labels they carry.
+"""Builds the decision log's records from the scorers' outcomes.
 
 The batched scorer turns each served decision (its ``DecisionItem`` and
 ``DecisionOutcome``) into a ``DecisionRecord`` here and logs the whole batch before any
-answer leaves. No HTTP, no Ray.
+answer leaves; ``intervention_records`` does the same for a ``POST /v1/decide/batch``
+batch. The record types themselves are the decision log's (``serve.decisions``). No HTTP,
+no Ray.
 
 A record holds (``nudgeserve.serve.decisions.DecisionRecord``):
 
@@ -11,58 +13,37 @@ A record holds (``nudgeserve.serve.decisions.DecisionRecord``):
   exclusions. The export's ``action`` indexes this list.
 - ``actions``, ``scores``: the chosen ids by slot and their model scores.
 - ``propensities``: for each slot, the probability that the logging policy put that
-  action at that slot (the slot marginal; ``_selection`` computes it for every policy).
-- ``features``: the replay vector of ``usecases.replay_layout``, enough for the model
-  that decided (or any model with the same feature spec) to score every candidate again.
-- ``policy``: ``policy_label`` of the policy, with its parameters.
+  action at that slot (the slot marginal; ``selection`` computes it for every policy).
+- ``features``: the decision's replay vector (its layout: ``obd`` and ``hillstrom``),
+  enough for the model that decided (or any model with the same feature spec) to score
+  every candidate again.
+- ``policy``: ``policy_labels.policy_label`` of the policy, with its parameters.
 
 An intervention use case's decision is logged under its intervention experiment with the
-reason as the variant and the rule's label as the policy (``serve.interventions``).
+reason as the variant and the rule's label as the policy (``interventions``):
+``candidates`` = the treatments in model order, ``actions`` = [the action],
+``propensities`` = [its propensity], ``scores`` = [its expected net value].
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from nudgeserve.serve.config import (
-    Control,
-    EpsilonGreedy,
-    Greedy,
-    LinearBandit,
-    PlackettLuce,
-    Policy,
-    Thompson,
-)
 from nudgeserve.serve.decisions import DecisionRecord
-from nudgeserve.serve.engine.usecases import DecisionItem, DecisionOutcome, UseCaseInfo
+from nudgeserve.serve.engine.types import DecisionItem, DecisionOutcome, UseCaseInfo
+
+if TYPE_CHECKING:
+    from nudgeserve.serve.engine.interventions import InterventionBatch
 
 # A chosen action always had a positive probability; a slot marginal that rounds to 0
 # (or a hair above 1) is rounding, and the log accepts (0, 1] only.
 _SMALLEST = math.ulp(0.0) * 2**52  # the smallest positive normal float64
 
 
-def policy_name(policy: Policy) -> str:
-    """The policy's kind (``greedy``, ``epsilon_greedy``, ...), as answers name it."""
-    return str(type(policy).__struct_config__.tag)
-
-
-def policy_label(policy: Policy) -> str:
-    """The policy with its parameters, e.g. ``epsilon_greedy(epsilon=0.1)``: what the
-    decision log records, so two configurations of one kind stay apart in reports."""
-    name = policy_name(policy)
-    if isinstance(policy, Greedy | Control):
-        return name
-    if isinstance(policy, EpsilonGreedy):
-        return f"{name}(epsilon={policy.epsilon:g})"
-    if isinstance(policy, PlackettLuce):
-        return f"{name}(temperature={policy.temperature:g})"
-    if isinstance(policy, Thompson):
-        return f"{name}(prior_alpha={policy.prior_alpha:g}, prior_beta={policy.prior_beta:g})"
-    if isinstance(policy, LinearBandit):
-        if policy.method == "ucb":
-            return f"{name}(method=ucb, alpha={policy.alpha:g}, epsilon={policy.epsilon:g})"
-        return f"{name}(method=thompson, scale={policy.alpha:g})"
-    raise TypeError(f"policy must be one of the configured policy kinds, got {policy!r}")
+def _logged_propensity(p: float) -> float:
+    return min(1.0, max(p, _SMALLEST))
 
 
 class RecordBuilder:
@@ -106,7 +87,7 @@ class RecordBuilder:
                 ids[j] if j < n_catalog else meta.inline_ids[j - n_catalog]
                 for j in outcome.indices.tolist()
             ]
-            props = [min(1.0, max(p, _SMALLEST)) for p in outcome.propensities.tolist()]
+            props = [_logged_propensity(p) for p in outcome.propensities.tolist()]
             experiment, variant, policy = meta.experiment, meta.variant, meta.policy
             if outcome.intervention is not None:
                 # The rule's own randomisation is the experiment; the reason names the
@@ -133,3 +114,57 @@ class RecordBuilder:
                 )
             )
         return out
+
+
+def intervention_records(
+    batch: InterventionBatch,
+    info: UseCaseInfo,
+    *,
+    decision_ids: Sequence[str],
+    unit_ids: Sequence[str],
+    now: float,
+) -> list[DecisionRecord]:
+    """The decision log's records of a ``POST /v1/decide/batch`` batch of intervention
+    decisions (``InterventionEngine.decide``) made by the use case ``info``: one record per
+    unit, as ``RecordBuilder.records`` writes a single intervention decision (module
+    docstring).
+
+    decision_ids, unit_ids: [B] text (unit ids as the request gave them; "" for none).
+    """
+    d = batch.decisions
+    names = list(d.treatments)
+    n = len(batch)
+    if len(decision_ids) != n or len(unit_ids) != n:
+        raise ValueError(
+            f"decision_ids ({len(decision_ids)}) and unit_ids ({len(unit_ids)}) must hold "
+            f"one id per unit ({n})"
+        )
+    rows = zip(
+        decision_ids,
+        unit_ids,
+        d.action.tolist(),
+        d.reasons(),
+        d.propensity.tolist(),
+        d.expected_net_value.tolist(),
+        batch.replay.tolist(),
+        strict=True,
+    )
+    return [
+        DecisionRecord(
+            decision_id=decision_id,
+            time=now,
+            unit_id=unit_id,
+            experiment=info.intervention_experiment or "",
+            variant=reason,
+            model_version=info.version,
+            policy=info.intervention_policy,
+            candidates=names,
+            actions=[names[action]],
+            scores=[score],
+            propensities=[_logged_propensity(p)],
+            features=replay,
+            use_case=info.name,
+            model_checkpoint=info.checkpoint_id,
+        )
+        for decision_id, unit_id, action, reason, p, score, replay in rows
+    ]

@@ -1,4 +1,4 @@
-"""Serving logic of ``POST /v1/feedback``: decode outcome events, answer per event.
+"""The body of ``POST /v1/feedback``: decode outcome events, answer per event.
 
 Between the router and the decision log, knowing neither HTTP nor Ray: bytes in (JSON or
 msgpack, one event or a list), ``FeedbackEvent``s to the log, and an answer whose status
@@ -23,13 +23,13 @@ detail}], "counts": {status: n}}``.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import msgspec
 
 from nudgeserve.serve.decisions import FeedbackEvent, FeedbackResult
 from nudgeserve.serve.errors import InvalidRequest
-from nudgeserve.serve.http.decide import JSON, MSGPACK, _field_path
+from nudgeserve.serve.http.bodies import JSON, decoders, field_path
+from nudgeserve.serve.protocol.feedback import FeedbackAnswer, FeedbackResponse
 
 STATUS_CODES: dict[str, int] = {
     "joined": 200,
@@ -39,23 +39,6 @@ STATUS_CODES: dict[str, int] = {
     "rejected": 422,
 }
 MULTI_STATUS = 207
-
-
-class FeedbackAnswer(msgspec.Struct, frozen=True):
-    """One event's fate in the answer (``code``: the HTTP status it alone would get)."""
-
-    decision_id: str
-    event_id: str
-    status: str
-    code: int
-    detail: str = ""
-
-
-class FeedbackResponse(msgspec.Struct, frozen=True):
-    """The answer to ``POST /v1/feedback``: per-event results and counts by status."""
-
-    results: list[FeedbackAnswer]
-    counts: dict[str, int]
 
 
 class FeedbackService:
@@ -68,11 +51,7 @@ class FeedbackService:
     def __init__(self, outcome_kinds: tuple[str, ...], max_events: int = 10_000) -> None:
         self.outcome_kinds = tuple(outcome_kinds)
         self.max_events = max_events
-        body_type = FeedbackEvent | list[FeedbackEvent]
-        self._decoders = {
-            JSON: msgspec.json.Decoder(body_type),
-            MSGPACK: msgspec.msgpack.Decoder(body_type),
-        }
+        self._decoders = decoders(FeedbackEvent | list[FeedbackEvent])
 
     def decode(self, body: bytes, fmt: str) -> tuple[list[FeedbackEvent], bool]:
         """``(events, was_a_list)``; InvalidRequest naming the field (``events[i].kind``
@@ -80,7 +59,7 @@ class FeedbackService:
         try:
             decoded = self._decoders[fmt].decode(body)
         except msgspec.ValidationError as exc:
-            field, reason = _field_path(exc)
+            field, reason = field_path(exc)
             if field.startswith("["):
                 field = "events" + field
             raise InvalidRequest(reason, field) from None
@@ -123,8 +102,3 @@ class FeedbackService:
         else:
             code = 200 if all(a.code == 200 for a in answers) else MULTI_STATUS
         return code, FeedbackResponse(answers, counts)
-
-
-def joined_events(events: list[FeedbackEvent], results: list[FeedbackResult]) -> list[Any]:
-    """The events the log joined to their decisions (what the learner learns from)."""
-    return [ev for ev, r in zip(events, results, strict=True) if r.status == "joined"]
