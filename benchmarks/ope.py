@@ -4,8 +4,8 @@
 
 Cases (data from the shared synthetic generator, ``nudgeserve.models.evaluation._synthetic``):
 
-- bootstrap sums: the compiled Poisson-bootstrap kernel vs its NumPy reference (count
-  matrix then matmul), the same numbers.
+- bootstrap sums: each backend of the kernel op ``poisson_bootstrap_sums`` (the fused
+  Numba kernel; the NumPy reference, count matrix then matmul, is the baseline).
 - six estimators with 95% intervals on an OBD-sized log (10k rows, 80 items, 3 slots):
   ``ope.evaluate`` vs the per-replicate resampling loop obp uses (one Python loop of
   ``rng.choice`` + mean per estimator and replicate, on precomputed per-row terms).
@@ -66,6 +66,7 @@ def _resampling_loop(logs, dist, q, n_bootstrap: int, seed: int = 0) -> dict:
 
 
 def cases() -> list[Case]:
+    from nudgeserve.kernels import REGISTRY, get_num_threads
     from nudgeserve.models.evaluation import ope
 
     out = []
@@ -74,17 +75,15 @@ def cases() -> list[Case]:
         keys = np.arange(n, dtype=np.uint64)
         stats = rng.random((n, 12))
         group = f"bootstrap sums float64[{n},12] x {b} replicates"
-        out.append(
-            Case(group, "numba fused", lambda k=keys, s=stats, b=b: ope.bootstrap_sums(k, s, b, 0))
-        )
-        out.append(
-            Case(
-                group,
-                "numpy counts@stats",
-                lambda k=keys, s=stats, b=b: ope._bootstrap_sums_reference(k, s, b, 0),
-                baseline=True,
+        for backend, impl in REGISTRY.implementations("poisson_bootstrap_sums").items():
+            out.append(
+                Case(
+                    group,
+                    "numba fused" if backend == "numba" else "numpy counts@stats",
+                    lambda f=impl, k=keys, s=stats, b=b: f(k, s, b, 0, get_num_threads()),
+                    baseline=backend == "numpy",
+                )
             )
-        )
     logs, dist, q = _obd_sized()
     group = "6 estimators + 95% CI, n=10000 A=80 P=3, 1000 replicates"
     out.append(

@@ -350,6 +350,7 @@ def run_obd(args: argparse.Namespace) -> dict[str, Any]:
 
     from nudgeserve.models import ObdScorer, load_obd
     from nudgeserve.models.evaluation import ope
+    from nudgeserve.models.policies import slates
 
     log = load_obd(args.logs, args.campaign)
     n_items, n_pos = log.n_items, 3
@@ -411,7 +412,7 @@ def run_obd(args: argparse.Namespace) -> dict[str, Any]:
         if args.bts_dist == "simulated" and args.bts_prior is not None:
             alpha, beta = _read_bts_prior(args.bts_prior, args.campaign, n_items)
             zeros = np.zeros(n_items)
-            per_item = ope.bernoulli_ts_dist(
+            per_item = slates.bernoulli_ts_dist(
                 zeros,
                 zeros,
                 n_pos,
@@ -428,7 +429,7 @@ def run_obd(args: argparse.Namespace) -> dict[str, Any]:
         elif args.bts_dist == "simulated":
             clicks = np.bincount(bts.item_id, weights=bts.click, minlength=n_items)
             shown = np.bincount(bts.item_id, minlength=n_items).astype(np.float64)
-            per_item = ope.bernoulli_ts_dist(
+            per_item = slates.bernoulli_ts_dist(
                 clicks, shown - clicks, n_pos, n_sim=args.n_sim, seed=args.seed
             )
             policy_text = (
@@ -439,7 +440,7 @@ def run_obd(args: argparse.Namespace) -> dict[str, Any]:
                 "in the log, so this only approximates it)"
             )
         else:
-            per_item = ope.empirical_slot_dist(bts.item_id, bts.position, n_items, n_pos)
+            per_item = slates.empirical_slot_dist(bts.item_id, bts.position, n_items, n_pos)
             policy_text = (
                 f"bts; action distribution = each item's share of each slot in "
                 f"the {len(bts)} bts/{args.campaign} impressions (the policy's "
@@ -451,10 +452,10 @@ def run_obd(args: argparse.Namespace) -> dict[str, Any]:
         p0 = np.clip(predictions[:, :, 0], 1e-7, 1 - 1e-7)
         logits = np.log(p0) - np.log1p(-p0)
         if args.policy == "model-greedy":
-            dist = ope.greedy_slate_dist(logits, n_pos)
+            dist = slates.greedy_slate_dist(logits, n_pos)
             policy_text = "click model, greedy: the 3 items of highest predicted CTR in order"
         else:
-            dist = ope.plackett_luce_dist(logits, n_pos, args.temperature)
+            dist = slates.plackett_luce_dist(logits, n_pos, args.temperature)
             policy_text = (
                 f"click model, softmax slate (Plackett-Luce) on the predicted "
                 f"click logits at temperature {args.temperature:g}; exact slot "

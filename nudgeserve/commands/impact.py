@@ -224,7 +224,7 @@ def _write_json(path: Path, report: Any) -> None:
 
 
 def _run_hillstrom(args: argparse.Namespace) -> int:
-    from nudgeserve.models.evaluation.impact import hillstrom_impact
+    from nudgeserve.models.evaluation.hillstrom_impact import hillstrom_impact
     from nudgeserve.models.learn.uplift_ensemble import load_uplift_ensemble
 
     config = _config(args, with_design=False)
@@ -271,7 +271,8 @@ def _run_hillstrom(args: argparse.Namespace) -> int:
 def _run_logs(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from nudgeserve.models.evaluation.impact import impact_from_logs, qini_band
+    from nudgeserve.models.evaluation.impact_logs import impact_from_logs
+    from nudgeserve.models.evaluation.qini import qini_band
 
     config = _config(args, with_design=True)
     report = impact_from_logs(
@@ -284,7 +285,7 @@ def _run_logs(args: argparse.Namespace) -> int:
     )
     print(report.to_text())
     if args.plots is not None:
-        from nudgeserve.models.evaluation.impact import logs_arrays, read_decision_logs
+        from nudgeserve.models.evaluation.impact_logs import logs_arrays, read_decision_logs
         from nudgeserve.models.evaluation.plots import plot_qini
 
         arrays = logs_arrays(read_decision_logs([str(p) for p in args.paths]), config)
@@ -336,10 +337,9 @@ def _ensemble_command(args: argparse.Namespace) -> str:
 
 
 def _run_train_ensemble(args: argparse.Namespace) -> int:
-    from nudgeserve.models.learn.uplift_ensemble import (
-        DEFAULT_ENSEMBLE,
+    from nudgeserve.models.learn.uplift_ensemble import DEFAULT_ENSEMBLE, save_uplift_ensemble
+    from nudgeserve.models.learn.uplift_ensemble_training import (
         EnsembleTrainConfig,
-        save_uplift_ensemble,
         train_uplift_ensemble,
     )
 

@@ -5,10 +5,11 @@ Three subpackages, by what they need:
 - ``learn``: torch. Datasets, featurizers, nets, checkpoints, inference, training and the
   uplift ensemble. Serving uses ``load_checkpoint`` (or ``default_checkpoint``), then
   ``ObdScorer`` / ``HillstromScorer``.
-- ``policies``: NumPy only. Slate selection with exact propensities, the linear bandit,
-  the intervention rule.
-- ``evaluation``: NumPy only (pyarrow for log files). Off-policy estimators, statistics,
-  causal impact, plots.
+- ``policies``: NumPy only. Slot marginals (exact propensities) of slate policies, the
+  linear bandit, the intervention rule.
+- ``evaluation``: NumPy only (pyarrow for log files). Off-policy estimators, interval
+  statistics, causal impact, Qini, uplift calibration, plots; only ``hillstrom_impact``
+  drives a torch model (and loads torch only when it does).
 
 Importing this package, or any NumPy-only module under it, never imports torch: the names
 below are resolved on first use (PEP 562), so ``from nudgeserve.models import load_obd``
@@ -40,6 +41,10 @@ _EXPORTS: dict[str, str] = {
     "HillstromScorer": "nudgeserve.models.learn.inference",
     "InvalidFeatures": "nudgeserve.models.errors",
     "InvalidFeatureType": "nudgeserve.models.errors",
+    "InvalidLogs": "nudgeserve.models.errors",
+    "InvalidLogsType": "nudgeserve.models.errors",
+    "InvalidPolicyInput": "nudgeserve.models.errors",
+    "InvalidPolicyInputType": "nudgeserve.models.errors",
     "load_checkpoint": "nudgeserve.models.learn.checkpoint",
     "load_hillstrom": "nudgeserve.models.learn.datasets",
     "load_obd": "nudgeserve.models.learn.datasets",
@@ -90,6 +95,10 @@ if TYPE_CHECKING:  # what type checkers and readers see
         FeatureSpecMismatch,
         InvalidFeatures,
         InvalidFeatureType,
+        InvalidLogs,
+        InvalidLogsType,
+        InvalidPolicyInput,
+        InvalidPolicyInputType,
         ModelError,
     )
     from nudgeserve.models.learn.checkpoint import (  # noqa: F401

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nudgeserve.models.evaluation.impact import QiniBand, SegmentEffect
+from nudgeserve.models.evaluation.effects import SegmentEffect
+from nudgeserve.models.evaluation.qini import QiniBand
 
 __all__ = ["plot_qini", "plot_segment_effects"]
 

@@ -38,6 +38,7 @@ from nudgeserve.models.evaluation.metrics import (
     smoothed_rate_by_group,
     to_jsonable,
 )
+from nudgeserve.models.evaluation.tables import format_table
 from nudgeserve.models.learn.datasets import (
     DATA_DIR,
     HillstromData,
@@ -250,14 +251,6 @@ def fit_platt(
     return float(theta[0]), float(theta[1])
 
 
-def _format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
-
-
 def _ci(interval: Interval, digits: int = 4) -> str:
     return (
         f"{interval.estimate:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
@@ -449,7 +442,7 @@ def evaluate_obd(
         lines.append(
             f"{name}: {len(log)} impressions, {clicks} clicks; paired bootstrap 95% intervals "
             f"({config.bootstrap} resamples), w = interval width\n"
-            + _format_table(["model", "AUC", "log-loss", "mean pred / observed CTR"], rows)
+            + format_table(["model", "AUC", "log-loss", "mean pred / observed CTR"], rows)
             + "\nclick model minus per-item CTR: AUC "
             + _ci(diff["auc_minus_per-item CTR"], 3)
             + ", log-loss "
@@ -657,7 +650,7 @@ def evaluate_hillstrom(
         reference="per-arm visit rate",
     )
     metrics["visit_prediction"] = visit_eval
-    table = _format_table(
+    table = format_table(
         [
             "treatment",
             "outcome",
@@ -678,6 +671,6 @@ def evaluate_hillstrom(
         f"{config.qini_resamples} random rankings.\n"
         + table
         + f"\n\nVisit prediction on the observed arm (bootstrap 95%, {config.bootstrap} resamples)\n"
-        + _format_table(["model", "AUC", "log-loss"], visit_rows)
+        + format_table(["model", "AUC", "log-loss"], visit_rows)
     )
     return metrics, summary

@@ -14,12 +14,9 @@ a bootstrap of a regularised, early-stopped network sees its variance but not it
 the scale widens the intervals by as much as the validation data says they miss. The floor
 of 1 means the data can widen the ensemble's intervals but never narrow them.
 
-Calibration can only be checked where the truth is observable: for groups of customers.
-``group_calibration`` sorts held-out customers into groups (deciles) by predicted uplift and
-asks, per group, whether the experiment's own difference in means lies where the model's
-interval of the group mean plus the difference's sampling error says it should
-(``z = (observed - predicted) / sqrt(model_sd^2 + se^2)``; calibrated: ``|z| <= 1.96`` in
-about 95% of groups, mean ``z^2`` about 1).
+Calibration is checked on groups of held-out customers
+(``nudgeserve.models.evaluation.uplift_calibration``, which also fits the scale); training
+is ``uplift_ensemble_training``.
 
 Serving cost: the ``K`` members run as one stacked module (``StackedUpliftModule``), a few
 batched matmuls per request batch whatever ``K`` is.
@@ -28,12 +25,9 @@ batched matmuls per request batch whatever ``K`` is.
 from __future__ import annotations
 
 import importlib.resources
-import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any, Literal
 
 import msgspec
@@ -42,30 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nudgeserve import __version__
 from nudgeserve.models.errors import CheckpointError
-from nudgeserve.models.evaluation.metrics import ate_difference_in_means
+from nudgeserve.models.evaluation.stats import two_sided_z
 from nudgeserve.models.learn.checkpoint import (
     checkpoint_paths,
     load_verified_weights,
     read_versioned_metadata,
     write_weights_and_metadata,
 )
-from nudgeserve.models.learn.datasets import HillstromData
 from nudgeserve.models.learn.features import HillstromFeatures, HillstromFeaturizer
 from nudgeserve.models.learn.inference import UpliftPrediction, select_device
 from nudgeserve.models.learn.nets import UpliftModel, compose_outcomes
-from nudgeserve.models.learn.training import (
-    HillstromTrainConfig,
-    _data_file,
-    _format_table,
-    _hillstrom_tensors,
-    _seed_everything,
-    fit,
-    hillstrom_base_rates,
-    hillstrom_splits,
-    uplift_loss,
-)
 from nudgeserve.models.specs import (
     HILLSTROM_OUTCOMES,
     HillstromArchitecture,
@@ -76,39 +57,20 @@ from nudgeserve.models.specs import (
 __all__ = [
     "DEFAULT_ENSEMBLE",
     "ENSEMBLE_KIND",
-    "CalibrationSummary",
     "EnsemblePrediction",
-    "EnsembleTrainConfig",
-    "EnsembleTrainResult",
-    "GroupCalibration",
     "StackedUpliftModule",
     "UpliftEnsemble",
     "UpliftEnsembleMetadata",
     "UpliftInterval",
-    "bootstrap_within_arms",
-    "calibration_summary",
-    "calibration_table",
     "default_ensemble_path",
-    "fit_interval_scale",
-    "group_calibration",
     "load_uplift_ensemble",
     "read_ensemble_metadata",
     "save_uplift_ensemble",
-    "train_uplift_ensemble",
 ]
 
 ENSEMBLE_KIND = "hillstrom_uplift_ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
 DEFAULT_ENSEMBLE = "hillstrom_ensemble"
-
-
-def _z(level: float) -> float:
-    """Two-sided normal quantile: ``level`` 0.95 -> 1.96."""
-    if isinstance(level, bool) or not isinstance(level, int | float):
-        raise TypeError(f"level must be a number in (0, 1), got {type(level).__name__}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
 # ---------------------------------------------------------------------------- serving
@@ -244,7 +206,7 @@ class EnsemblePrediction:
 
     def uplift(self, outcome: str = "visit", level: float = 0.95) -> UpliftInterval:
         """Mean uplift and its interval at ``level`` for every customer and treatment."""
-        z = _z(level)
+        z = two_sided_z(level)
         u = self.member_uplift(outcome).astype(np.float64)
         scale = float(self.interval_scale.get(outcome, 1.0))
         mean = u.mean(axis=0)
@@ -423,384 +385,3 @@ def load_uplift_ensemble(
             ) from None
         members.append(member.eval())
     return UpliftEnsemble(members, metadata, device=device)
-
-
-# ------------------------------------------------------------------------- calibration
-
-
-class GroupCalibration(msgspec.Struct, frozen=True, kw_only=True):
-    """One group of customers (``group`` 0 = lowest predicted uplift of ``treatment``).
-
-    predicted: the members' mean uplift averaged over the group's rows; model_sd: sd of
-    that group mean across members, times the interval scale; observed / observed_se:
-    the experiment's difference in means in the group and its Neyman standard error;
-    z = (observed - predicted) / sqrt(model_sd^2 + observed_se^2).
-    """
-
-    treatment: str
-    outcome: str
-    group: int
-    n_treated: int
-    n_control: int
-    predicted: float
-    model_sd: float
-    observed: float
-    observed_se: float
-    z: float
-
-
-class CalibrationSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """Group-level calibration of one outcome's intervals on one split.
-
-    coverage: share of groups with ``|z| <= z(level)`` (calibrated: about ``level``).
-    coverage_sampling_only: the same share when the model's sd is ignored (treating the
-        prediction as exact): how much the intervals add beyond the experiment's noise.
-    mean_z2: mean of z^2 (calibrated: about 1; above 1: intervals too narrow or biased).
-    mean_model_sd / mean_observed_se: average sizes of the two error terms.
-    mean_unit_sd: average per-customer sd (scaled) of the uplift, over treatments.
-    """
-
-    split: str
-    outcome: str
-    level: float
-    interval_scale: float
-    n_groups: int
-    coverage: float
-    coverage_sampling_only: float
-    mean_z2: float
-    mean_model_sd: float
-    mean_observed_se: float
-    mean_unit_sd: float
-    groups: tuple[GroupCalibration, ...]
-
-
-def group_calibration(
-    prediction: EnsemblePrediction,
-    treatment: np.ndarray,
-    y: np.ndarray,
-    outcome: str,
-    *,
-    n_groups: int = 10,
-    scale: float | None = None,
-) -> tuple[GroupCalibration, ...]:
-    """Groups of held-out customers by predicted uplift, predicted vs observed effect.
-
-    prediction: the ensemble's prediction for n customers; treatment: int64[n] their
-    randomised arms; y: float64[n] the observed ``outcome``. For each treatment, the
-    customers of that arm and of the control are cut into ``n_groups`` equal-size groups
-    by the members' mean predicted uplift. scale: the sd multiplier (default the
-    prediction's ``interval_scale`` for ``outcome``).
-    """
-    treatment = np.asarray(treatment)
-    y = np.asarray(y, dtype=np.float64)
-    n = len(prediction)
-    if treatment.shape != (n,) or y.shape != (n,):
-        raise ValueError(
-            f"treatment and y must have shape ({n},) like the prediction, got "
-            f"{treatment.shape} and {y.shape}"
-        )
-    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1:
-        raise ValueError(f"n_groups must be an int >= 1, got {n_groups!r}")
-    if scale is None:
-        scale = float(prediction.interval_scale.get(outcome, 1.0))
-    uplift = prediction.member_uplift(outcome).astype(np.float64)  # [K, n, T]
-    control = prediction.control_index
-    out = []
-    for arm, arm_name in enumerate(prediction.treatments):
-        if arm == control:
-            continue
-        rows = np.flatnonzero((treatment == arm) | (treatment == control))
-        members = uplift[:, rows, arm]
-        order = np.argsort(members.mean(axis=0), kind="stable")
-        for g, part in enumerate(np.array_split(order, n_groups)):
-            group_rows = rows[part]
-            ate = ate_difference_in_means(y[group_rows], treatment[group_rows], arm, control)
-            member_means = members[:, part].mean(axis=1)
-            model_sd = scale * float(member_means.std(ddof=1)) if member_means.size > 1 else 0.0
-            predicted = float(member_means.mean())
-            total_sd = math.sqrt(model_sd**2 + ate.se**2)
-            out.append(
-                GroupCalibration(
-                    treatment=arm_name,
-                    outcome=outcome,
-                    group=g,
-                    n_treated=ate.n_treated,
-                    n_control=ate.n_control,
-                    predicted=predicted,
-                    model_sd=model_sd,
-                    observed=ate.ate,
-                    observed_se=ate.se,
-                    z=(ate.ate - predicted) / total_sd if total_sd > 0 else math.nan,
-                )
-            )
-    return tuple(out)
-
-
-def fit_interval_scale(groups: Sequence[GroupCalibration]) -> float:
-    """The sd multiplier (>= 1) that makes the groups' z^2 average 1, by moments.
-
-    With d = observed - predicted, E[d^2] = scale^2 model_sd^2 + se^2 when the intervals
-    are right up to the factor; so scale^2 = sum(d^2 - se^2) / sum(model_sd^2), floored
-    at 1. ``groups`` must have been computed with scale 1.
-    """
-    d2 = sum((g.observed - g.predicted) ** 2 - g.observed_se**2 for g in groups)
-    sd2 = sum(g.model_sd**2 for g in groups)
-    if sd2 <= 0:
-        return 1.0
-    return float(math.sqrt(max(1.0, d2 / sd2)))
-
-
-def calibration_summary(
-    prediction: EnsemblePrediction,
-    treatment: np.ndarray,
-    y: np.ndarray,
-    outcome: str,
-    *,
-    split: str,
-    n_groups: int = 10,
-    level: float = 0.95,
-    scale: float | None = None,
-) -> CalibrationSummary:
-    """``group_calibration`` and its coverage statistics (see ``CalibrationSummary``)."""
-    z = _z(level)
-    if scale is None:
-        scale = float(prediction.interval_scale.get(outcome, 1.0))
-    groups = group_calibration(prediction, treatment, y, outcome, n_groups=n_groups, scale=scale)
-    zs = np.array([g.z for g in groups])
-    d = np.array([g.observed - g.predicted for g in groups])
-    se = np.array([g.observed_se for g in groups])
-    u = prediction.member_uplift(outcome).astype(np.float64)
-    treated_columns = [a for a in range(u.shape[2]) if a != prediction.control_index]
-    unit_sd = u[:, :, treated_columns].std(axis=0, ddof=1) * scale if u.shape[0] > 1 else 0.0
-    return CalibrationSummary(
-        split=split,
-        outcome=outcome,
-        level=float(level),
-        interval_scale=float(scale),
-        n_groups=len(groups),
-        coverage=float(np.mean(np.abs(zs) <= z)),
-        coverage_sampling_only=float(np.mean(np.abs(d) <= z * se)),
-        mean_z2=float(np.mean(zs**2)),
-        mean_model_sd=float(np.mean([g.model_sd for g in groups])),
-        mean_observed_se=float(np.mean(se)),
-        mean_unit_sd=float(np.mean(unit_sd)),
-        groups=groups,
-    )
-
-
-def calibration_table(summaries: Sequence[CalibrationSummary]) -> str:
-    """One line per (split, outcome) summary."""
-    rows = [
-        [
-            s.split,
-            s.outcome,
-            f"{s.interval_scale:.2f}",
-            str(s.n_groups),
-            f"{s.coverage:.2f}",
-            f"{s.coverage_sampling_only:.2f}",
-            f"{s.mean_z2:.2f}",
-            f"{s.mean_model_sd:.3g}",
-            f"{s.mean_observed_se:.3g}",
-            f"{s.mean_unit_sd:.3g}",
-        ]
-        for s in summaries
-    ]
-    return _format_table(
-        [
-            "split",
-            "outcome",
-            "scale",
-            "groups",
-            "coverage",
-            "coverage (sampling only)",
-            "mean z^2",
-            "group model sd",
-            "group DIM se",
-            "unit sd",
-        ],
-        rows,
-    )
-
-
-# ---------------------------------------------------------------------------- training
-
-
-class EnsembleTrainConfig(HillstromTrainConfig, kw_only=True):
-    """``HillstromTrainConfig`` plus the ensemble's size and calibration grouping.
-
-    n_members: models in the ensemble; member k uses seed ``seed + k`` for both its
-        bootstrap resample and its initialisation.
-    calibration_groups: groups per treatment for the calibration (deciles by default).
-    """
-
-    n_members: int = 8
-    calibration_groups: int = 10
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.n_members < 2:
-            raise ValueError(
-                f"n_members must be >= 2 (an interval needs a spread), got {self.n_members}"
-            )
-        if self.calibration_groups < 1:
-            raise ValueError(f"calibration_groups must be >= 1, got {self.calibration_groups}")
-
-
-@dataclass
-class EnsembleTrainResult:
-    """Trained members (CPU, eval mode), the ensemble's metadata and the run's summary."""
-
-    members: list[UpliftModel]
-    metadata: UpliftEnsembleMetadata
-    summary: str
-
-
-def bootstrap_within_arms(treatment: np.ndarray, seed: int) -> np.ndarray:
-    """int64[n] row indices: each arm's rows resampled with replacement to its own size."""
-    rng = np.random.default_rng(seed)
-    treatment = np.asarray(treatment)
-    parts = []
-    for arm in np.unique(treatment):
-        rows = np.flatnonzero(treatment == arm)
-        parts.append(rows[rng.integers(0, rows.shape[0], rows.shape[0])])
-    return np.sort(np.concatenate(parts)).astype(np.int64)
-
-
-def _train_member(
-    k: int,
-    seed: int,
-    train: HillstromData,
-    featurizer: HillstromFeaturizer,
-    validation: dict,
-    base_rates: tuple[float, float, float],
-    config: EnsembleTrainConfig,
-    device: torch.device,
-) -> tuple[UpliftModel, int]:
-    sample = train.take(bootstrap_within_arms(train.treatment, seed))
-    generator = _seed_everything(seed)
-    spec = featurizer.spec
-    model = UpliftModel(
-        n_categorical=len(spec.categorical_names),
-        n_buckets=spec.n_buckets,
-        n_numeric=len(spec.numeric_names),
-        n_treatments=len(spec.treatments),
-        embedding_dim=config.embedding_dim,
-        hidden=config.hidden,
-        base_rates=base_rates,
-    ).to(device)
-    data = _hillstrom_tensors(featurizer, sample, device)
-    _, best_epoch = fit(
-        model,
-        lambda rows: uplift_loss(model, data, rows),
-        lambda: float(uplift_loss(model, validation)),
-        len(sample),
-        config,
-        device,
-        generator,
-        f"ensemble member {k + 1}/{config.n_members}",
-    )
-    return model.cpu().eval(), best_epoch
-
-
-def train_uplift_ensemble(
-    config: EnsembleTrainConfig | None = None, *, command: str = ""
-) -> EnsembleTrainResult:
-    """Train the ensemble, fit the interval scale on validation, check it on test."""
-    config = config or EnsembleTrainConfig()
-    started = time.perf_counter()
-    device = select_device(config.device)
-    data, train, val, test = hillstrom_splits(config.max_rows, config.split, config.split_seed)
-    # Fitted on the whole training split (not a resample) so every member shares the
-    # featurizer, which the stacked module and the server's single featurize need.
-    spec = HillstromFeaturizer.fit_spec(train, n_buckets=config.n_buckets)
-    featurizer = HillstromFeaturizer(spec)
-    base_rates = hillstrom_base_rates(train)
-    validation = _hillstrom_tensors(featurizer, val, device)
-    members, seeds, best_epochs = [], [], []
-    for k in range(config.n_members):
-        seed = config.seed + k
-        model, best = _train_member(
-            k, seed, train, featurizer, validation, base_rates, config, device
-        )
-        members.append(model)
-        seeds.append(seed)
-        best_epochs.append(best)
-
-    info = TrainingInfo(
-        command=command,
-        seed=config.seed,
-        epochs_requested=config.epochs,
-        epochs_run=max(best_epochs),
-        best_epoch=max(best_epochs),
-        device=str(device),
-        data=(_data_file(data.source, len(data)),),
-        split=(
-            f"stratified by arm x visit, fractions {config.split} (train/validation/test), "
-            f"split_seed {config.split_seed}; each member trains on a bootstrap resample "
-            "(within arms) of the training split"
-        ),
-        train_rows=len(train),
-        validation_rows=len(val),
-        torch_version=str(torch.__version__),
-        seconds=0.0,
-    )
-    metadata = UpliftEnsembleMetadata(
-        kind=ENSEMBLE_KIND,
-        feature_spec=spec,
-        architecture=HillstromArchitecture(
-            embedding_dim=config.embedding_dim, hidden=config.hidden
-        ),
-        n_members=config.n_members,
-        member_seeds=tuple(seeds),
-        member_best_epochs=tuple(best_epochs),
-        resampling="bootstrap within arms of the training split; member k seed = seed + k",
-        interval_scale={o: 1.0 for o in HILLSTROM_OUTCOMES},
-        training=info,
-        calibration={},
-        weights_sha256="",
-        nudgeserve_version=__version__,
-    )
-    ensemble = UpliftEnsemble(members, metadata, device="cpu")
-    val_pred = ensemble.score(val.raw_columns())
-    test_pred = ensemble.score(test.raw_columns())
-    scales = {
-        o: fit_interval_scale(
-            group_calibration(
-                val_pred,
-                val.treatment,
-                val.outcome(o),
-                o,
-                n_groups=config.calibration_groups,
-                scale=1.0,
-            )
-        )
-        for o in HILLSTROM_OUTCOMES
-    }
-    summaries = [
-        calibration_summary(
-            pred,
-            split_data.treatment,
-            split_data.outcome(o),
-            o,
-            split=name,
-            n_groups=config.calibration_groups,
-            scale=scales[o],
-        )
-        for name, pred, split_data in (("validation", val_pred, val), ("test", test_pred, test))
-        for o in HILLSTROM_OUTCOMES
-    ]
-    calibration = {
-        "validation": [msgspec.to_builtins(s) for s in summaries if s.split == "validation"],
-        "test": [msgspec.to_builtins(s) for s in summaries if s.split == "test"],
-    }
-    info = msgspec.structs.replace(info, seconds=round(time.perf_counter() - started, 2))
-    metadata = msgspec.structs.replace(
-        metadata, interval_scale=scales, calibration=calibration, training=info
-    )
-    summary = (
-        f"Uplift ensemble: {config.n_members} members, best epochs {best_epochs}; interval "
-        "scale fitted on the validation split, coverage checked on the held-out test split "
-        f"({config.calibration_groups} groups per treatment by predicted uplift, 95% level)\n"
-        + calibration_table(summaries)
-    )
-    return EnsembleTrainResult(members, metadata, summary)

@@ -1,2 +1,3 @@
-"""Policies, NumPy only (no torch): slate selection with exact propensities, the linear
-bandit, the intervention decision rule."""
+"""Policies, NumPy only (no torch): slot marginals of slate policies (``slates``: the
+propensities serving logs and the distributions OPE replays), the linear bandit, the
+intervention decision rule."""

@@ -3,11 +3,14 @@
 A slate policy fills slots 0, 1, ... in order. What a decision logs as its propensity,
 and what the per-position off-policy estimators read (``evaluation.ope``), is the **slot
 marginal** ``P(action a at slot s)`` under the policy. This module is the one
-implementation of that math, for the policies the server runs and those a report replays:
+implementation of that math outside the sampling kernels (which return the marginals of
+epsilon-greedy and Thompson sampling as they draw), for the policies the server runs and
+those a report replays:
 
 - greedy (the k best, ties to the lower index): 1 at its slot;
 - epsilon-greedy (with probability epsilon a uniformly random slate of the valid
-  actions): ``(1 - epsilon) [greedy puts a at s] + epsilon / n_valid``;
+  actions): ``(1 - epsilon) [greedy puts a at s] + epsilon / n_valid``, the kernel's
+  formula, over every action of a replayed decision;
 - Plackett-Luce (softmax sampling without replacement at a temperature): exact for
   slots 0..2 (``MAX_EXACT_PLACKETT_LUCE_SLOTS``); ``plackett_luce_dist`` for every action,
   ``plackett_luce_marginals`` for the actions a slate chose (the serving path);
@@ -213,18 +216,26 @@ def _plackett_luce_block(z: np.ndarray, valid: np.ndarray, n_slots: int) -> np.n
         return np.clip(out, 0.0, 1.0)
     e3 = weights(2)
     r3 = e3.sum(axis=1)
-    # Prefixes without t1 (scale E1); every normaliser keeps t1: >= 1.
-    pair_ok = not_t1[:, :, None] & not_t1[:, None, :]
+    # Prefixes without t1 (scale E1): with t1's weight left out of the pair, every
+    # normaliser S1 - E1_b - E1_c (b != c) keeps t1's 1. The diagonal is no prefix (and
+    # may divide by 0): it is dropped; so are rows with no valid item (0 / 0).
+    e1_rest = e1.copy()
+    e1_rest[rows, t1] = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pairs = (r[:, :, None] * e1_rest[:, None, :]) / (
+            s1[:, None, None] - e1_rest[:, :, None] - e1_rest[:, None, :]
+        )
     diag = np.arange(a)
-    pair_ok[:, diag, diag] = False
-    left = np.where(pair_ok, s1[:, None, None] - e1[:, :, None] - e1[:, None, :], 0.0)
-    pairs = _divide(r[:, :, None] * e1[:, None, :], left)
+    pairs[:, diag, diag] = 0.0
     without = pairs.sum(axis=(1, 2))[:, None] - pairs.sum(axis=2) - pairs.sum(axis=1)
-    # The pairs of t2 and t3 hold the most mass (a pair's term grows with both weights).
+    # The pairs of t2 and t3 hold the most mass (a pair's term grows with both weights):
+    # for those two, sum the pairs without them directly.
     for top in (t2, t3):
         keep = np.ones((n, a))
         keep[rows, top] = 0.0
-        without[rows, top] = np.einsum("rbc,rb,rc->r", pairs, keep, keep)
+        without[rows, top] = np.einsum(
+            "rb,rb->r", np.matmul(pairs, keep[:, :, None])[:, :, 0], keep
+        )
     slot2 = e1 * without
     # Prefixes of t1 and x, x not t2 (scale E2); the normaliser keeps t2: >= 1.
     x_ok = not_t1.copy()
@@ -278,7 +289,9 @@ def plackett_luce_dist(scores: np.ndarray, n_positions: int, temperature: float)
     t = _number("temperature", temperature)
     if not t > 0:
         raise InvalidPolicyInput(f"temperature must be > 0, got {temperature!r}")
-    return _plackett_luce_slots(s / t, np.ones(s.shape, dtype=bool), p)
+    with np.errstate(over="ignore"):  # a logit beyond float64 is +inf: the kernel's too
+        z = s / t
+    return _plackett_luce_slots(z, np.ones(s.shape, dtype=bool), p)
 
 
 def plackett_luce_marginals(
@@ -300,7 +313,9 @@ def plackett_luce_marginals(
     valid = ~np.isnan(s)
     if excluded is not None:
         valid &= ~excluded
-    marginals = _plackett_luce_slots(s / temperature, valid, k)
+    with np.errstate(over="ignore"):  # a logit beyond float64 is +inf: the kernel's too
+        z = s / temperature
+    marginals = _plackett_luce_slots(z, valid, k)
     filled = chosen >= 0
     picked = marginals[
         np.arange(n_rows)[:, None], np.where(filled, chosen, 0), np.arange(k)[None, :]

@@ -28,7 +28,7 @@ the replay vector: the raw numeric columns, then the ensemble featurizer's hashe
 categorical buckets.
 
 ``experiment_impact`` turns the logged decisions of the experiment and their joined
-feedback into ``models.impact.impact_from_logs``'s input: the rule's choice per decision
+feedback into ``evaluation.impact_logs.impact_from_logs``'s input: the rule's choice per decision
 (``eval_probs``, one-hot) and the ensemble's predicted outcomes per action
 (``reward_hat_<outcome>``) come from replaying the logged replay vector through the
 ensemble (``InterventionEngine.annotate``, also usable as the export's ``annotate``
@@ -408,7 +408,7 @@ class InterventionEngine:
 
 
 def impact_table(logged: Any, engine: InterventionEngine, *, feedback_only: bool) -> Any:
-    """The pyarrow Table ``models.impact.impact_from_logs`` reads, from logged decisions.
+    """The pyarrow Table ``impact_logs.impact_from_logs`` reads, from logged decisions.
 
     logged: ``decisions.LoggedDecisions`` of one intervention experiment (its records and
     joined feedback). feedback_only: keep only decisions with at least one joined
@@ -477,7 +477,7 @@ def experiment_impact(
     treat-everybody / random targeting by IPS, SNIPS and DR, value lost to missed and to
     unnecessary interventions), ``text`` its tables.
     """
-    from nudgeserve.models.evaluation.impact import impact_from_logs
+    from nudgeserve.models.evaluation.impact_logs import impact_from_logs
 
     table = impact_table(logged, engine, feedback_only=feedback_only)
     reasons = table["reason"].to_pylist()

@@ -38,95 +38,20 @@ from typing import Any
 
 import numpy as np
 
+from nudgeserve.models.evaluation.stats import (
+    mean_interval,
+    newcombe_difference,
+    relative_lift,
+    wilson_interval,
+)
+from nudgeserve.models.policies.slates import policy_slot_marginals
 from nudgeserve.serve.decisions import DecisionRecord, LoggedDecisions
 
-# Two-sided 95 % normal quantile.
-Z95 = 1.959963984540054
 # Bootstrap replicates for report intervals: a report answers an HTTP request.
 REPORT_BOOTSTRAP = 200
-CANDIDATE_POLICIES = ("greedy", "epsilon_greedy", "softmax")
-
-
-# ------------------------------------------------------------------------- intervals
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (n = 0: (0, 1))."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def newcombe_difference(
-    k1: int, n1: int, k0: int, n0: int, z: float = Z95
-) -> tuple[float, float, float]:
-    """p1 - p0 with Newcombe's hybrid score interval (method 10): (diff, low, high)."""
-    if n1 == 0 or n0 == 0:
-        return math.nan, math.nan, math.nan
-    p1, p0 = k1 / n1, k0 / n0
-    l1, u1 = wilson_interval(k1, n1, z)
-    l0, u0 = wilson_interval(k0, n0, z)
-    d = p1 - p0
-    low = d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
-    high = d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
-    return d, low, high
-
-
-def relative_lift(k1: int, n1: int, k0: int, n0: int, z: float = Z95) -> tuple[float, float, float]:
-    """p1 / p0 - 1 with the log rate-ratio (Katz) interval; 0.5 is added to each count
-    when one is 0 (the usual continuity correction). NaN when p0 = 0 and k1 = 0."""
-    if n1 == 0 or n0 == 0:
-        return math.nan, math.nan, math.nan
-    a, b = float(k1), float(k0)
-    if a == 0 or b == 0:
-        a, b = a + 0.5, b + 0.5
-        n1, n0 = n1 + 0.5, n0 + 0.5
-    if a == 0 or b == 0:
-        return math.nan, math.nan, math.nan
-    ratio = (a / n1) / (b / n0)
-    se = math.sqrt(max(0.0, 1 / a - 1 / n1 + 1 / b - 1 / n0))
-    log_r = math.log(ratio)
-    return ratio - 1.0, math.exp(log_r - z * se) - 1.0, math.exp(log_r + z * se) - 1.0
-
-
-def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
-    """Mean with a normal-approximation interval: (mean, low, high)."""
-    n = values.shape[0]
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if n == 1:
-        return mean, math.nan, math.nan
-    half = z * float(values.std(ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 # --------------------------------------------------------------------- replaying policies
-
-
-def policy_slot_marginals(scores: np.ndarray, k: int, policy: str, **params: float) -> np.ndarray:
-    """A candidate policy's slot marginals over one decision's candidates.
-
-    scores: float64[c] the model's scores of the candidates; k: slots (<= c).
-    policy: ``greedy`` (the k best), ``epsilon_greedy`` (``epsilon``: uniform random
-    slate with that probability, else greedy) or ``softmax`` (a Plackett-Luce slate at
-    ``temperature``; exact for k <= 3). Returns float64[c, k], each column a distribution.
-    """
-    from nudgeserve.models.evaluation import ope
-
-    s = np.asarray(scores, dtype=np.float64)[None, :]
-    if policy == "greedy":
-        return ope.greedy_slate_dist(s, k)[0]
-    if policy == "epsilon_greedy":
-        eps = float(params.get("epsilon", 0.1))
-        return (1.0 - eps) * ope.greedy_slate_dist(s, k)[0] + eps / s.shape[1]
-    if policy == "softmax":
-        return ope.plackett_luce_dist(s, k, float(params.get("temperature", 1.0)))[0]
-    raise ValueError(f"policy must be one of {CANDIDATE_POLICIES}, got {policy!r}")
 
 
 def replay_scores(engine: Any, records: list[DecisionRecord]) -> list[np.ndarray]:

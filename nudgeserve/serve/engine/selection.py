@@ -98,7 +98,11 @@ def select_slates(
     groups: dict[tuple[Policy, str], list[int]] = {}
     for row, policy in enumerate(policies):
         # Bandit policies learn per key; the others ignore it (one kernel call per policy).
-        key = keys[row] if keys is not None and isinstance(policy, Thompson | LinearBanditPolicy) else ""
+        key = (
+            keys[row]
+            if keys is not None and isinstance(policy, Thompson | LinearBanditPolicy)
+            else ""
+        )
         groups.setdefault((policy, key), []).append(row)
     for (policy, key), rows in groups.items():
         take = np.asarray(rows, dtype=np.intp)

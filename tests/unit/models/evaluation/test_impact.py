@@ -10,17 +10,17 @@ import pytest
 
 from nudgeserve.cli import main
 from nudgeserve.models import hillstrom_strata, load_hillstrom, stratified_split
+from nudgeserve.models.evaluation.hillstrom_impact import hillstrom_impact
 from nudgeserve.models.evaluation.impact import (
     NET_VALUE,
     ImpactReport,
     aipw_scores,
-    hillstrom_impact,
-    impact_from_logs,
     impact_report,
-    qini_band,
 )
+from nudgeserve.models.evaluation.impact_logs import impact_from_logs
 from nudgeserve.models.evaluation.ope import evaluate
 from nudgeserve.models.evaluation.plots import plot_qini, plot_segment_effects
+from nudgeserve.models.evaluation.qini import qini_band
 from nudgeserve.models.policies.intervention import (
     REASONS,
     BudgetLedger,

@@ -1,6 +1,8 @@
 """Off-policy estimators: truth recovery on synthetic bandits with exact policy values,
 interval coverage, the documented behaviour of clipping and self-normalization, the
-bootstrap kernel against its NumPy reference, warnings and input validation.
+bootstrap's keying, warnings and input validation (the bootstrap kernel itself:
+``tests/unit/kernels/test_bootstrap.py``; policies' distributions:
+``tests/unit/models/policies/test_slates.py``).
 
 Every random draw is seeded; a failing assertion prints the seed or replication.
 """
@@ -236,31 +238,6 @@ def test_snips_stays_within_the_observed_rewards(seed, n):
 
 
 # ------------------------------------------------------------------ bootstrap
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    n=st.integers(0, 3000),
-    k=st.integers(1, 12),
-    b=st.integers(2, 64),
-    seed=st.integers(0, 2**64 - 1),
-)
-def test_bootstrap_kernel_matches_the_numpy_reference(n, k, b, seed):
-    rng = np.random.default_rng(seed % 2**32)
-    keys = rng.integers(0, 2**63, n).astype(np.uint64)
-    stats = rng.normal(size=(n, k))
-    got = ope.bootstrap_sums(keys, stats, b, seed)
-    want = ope._bootstrap_sums_reference(keys, stats, b, seed)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
-
-
-def test_poisson_counts_follow_poisson_one():
-    counts = ope.poisson_bootstrap_counts(np.arange(20_000, dtype=np.uint64), 50, seed=11)
-    observed = np.bincount(counts.astype(int).ravel(), minlength=6)[:6] / counts.size
-    expected = [math.exp(-1) / math.factorial(k) for k in range(6)]
-    np.testing.assert_allclose(observed, expected, atol=2e-3)
-    assert counts.mean() == pytest.approx(1.0, abs=5e-3)
-    assert counts.var() == pytest.approx(1.0, abs=1e-2)
 
 
 def test_bootstrap_is_seeded_and_keyed_by_row_not_by_order():

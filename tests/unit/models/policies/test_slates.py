@@ -8,6 +8,7 @@ Every random draw is seeded; hypothesis prints the failing seed.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -61,17 +62,25 @@ def test_plackett_luce_marginals_equal_the_exact_position_distribution(
 
 def exact_marginal(scores, valid, temperature, chosen, slot):
     """P(chosen[slot] at slot) by enumerating every ordered prefix of the slate; each
-    step's normaliser is summed over the remaining items (no cancellation)."""
-    z = scores[valid].astype(np.float64) / temperature
-    e = dict(zip(valid.tolist(), np.exp(z - z.max()).tolist(), strict=True))
+    step is a softmax over the remaining items, relative to their own maximum (no
+    cancellation, no underflow; infinite scores take the softmax's limit, as the
+    sampling kernel does)."""
+    logits = (scores[valid].astype(np.float64) / temperature).tolist()
+    z = dict(zip(valid.tolist(), logits, strict=True))
     target = int(chosen[slot])
+
+    def step(item, left):
+        top = max(z[j] for j in left)
+        weight = {j: float(z[j] == top) if math.isinf(top) else math.exp(z[j] - top) for j in left}
+        return weight[item] / sum(weight.values())
+
     total = 0.0
-    for prefix in itertools.permutations(e, slot + 1):
+    for prefix in itertools.permutations(z, slot + 1):
         if prefix[-1] != target:
             continue
-        p, left = 1.0, set(e)
+        p, left = 1.0, set(z)
         for item in prefix:
-            p *= e[item] / sum(e[j] for j in left)
+            p *= step(item, left)
             left.discard(item)
         total += p
     return total
@@ -203,3 +212,27 @@ def test_beta_posteriors_add_counts_to_the_shared_prior():
     np.testing.assert_array_equal(beta, [3.0, 7.0, 2.0, 2.0])
     alpha, beta = beta_posteriors(2, 0.5, 0.5)
     np.testing.assert_array_equal(alpha, [0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [
+        [-1.41, -0.51, 2.18, -1.42, 0.3],  # at T = 0.005 the weights fall below 1e-300
+        [np.inf, 1.0, 0.5, -np.inf, 0.7],  # one +inf takes slot 0; the softmax goes on
+        [np.inf, np.inf, 2.0, 1.0, -np.inf],
+        [3.0, -np.inf, -np.inf, -np.inf, 2.0],  # the -inf items share what is left
+    ],
+)
+def test_marginals_stay_exact_when_weights_underflow_or_scores_are_infinite(scores):
+    scores = np.asarray(scores, dtype=np.float32)  # what serving passes; the oracle reads the same
+    temperature = 0.005
+    valid = np.arange(5)
+    for slot in range(3):
+        for a in range(5):
+            chosen = np.roll(np.array([a, (a + 1) % 5, (a + 2) % 5]), slot)
+            got = plackett_luce_marginals(scores[None, :], temperature, chosen[None, :], None)[
+                0, slot
+            ]
+            want = exact_marginal(scores, valid, temperature, chosen, slot)
+            # Same reasoning as above: a handful of rounded products per term.
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-300), (slot, a)
