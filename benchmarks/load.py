@@ -1,17 +1,24 @@
-"""End-to-end load benchmark: our server against plain Ray Serve and NVIDIA Triton, one run.
+"""End-to-end load benchmark: our server against plain Ray Serve, NVIDIA Triton and the
+ceiling of one bare Python HTTP hop, one run.
 
-    python -m benchmarks.load [--systems ours,plain-serve,triton] [--url URL]
-                              [--concurrency 1,8,32,64] [--v2-rates 500,1000,2000]
-                              [--decide-rates 1000,2000,3000] [--duration 3] [--json PATH]
+    python -m benchmarks.load [--systems ours,plain-serve,triton,bare-hop] [--url URL]
+                              [--apis v2,decide] [--concurrency 1,8,32,64]
+                              [--v2-rates 500,1000,2000]
+                              [--decide-rates 500,1000,2000,3000,4000,6000]
+                              [--duration 3] [--json PATH] [--plot PATH]
 
 Systems (each started here on a free loopback port, driven, then stopped, one at a time so
-they never compete for the CPU):
+they never compete for the CPU; any subset, e.g. ``--systems bare-hop,ours``):
 
 - ``ours``: ``nudgeserve run`` (or ``--url`` of a server already running);
 - ``plain-serve``: one Ray Serve deployment, no ``@serve.batch``, NumPy reference
   featurization, the same model (``benchmarks/_plain_serve_app.py``);
 - ``triton``: NVIDIA Triton (PyTriton's bundled ``tritonserver``) with its dynamic batcher
-  serving the same checkpoint through ``nudgeserve.models`` (``benchmarks/_triton_app.py``).
+  serving the same checkpoint through ``nudgeserve.models`` (``benchmarks/_triton_app.py``);
+- ``bare-hop``: the ceiling of one Python HTTP hop on this machine: a raw ASGI app in one
+  uvicorn worker (uvloop and httptools when installed; the report says which) that reads
+  each body, decodes it with msgspec and answers a fixed decision or v2 answer of the
+  real shape, computing nothing (``benchmarks/_bare_hop_app.py``).
 
 Workloads, built from real Open Bandit Dataset contexts:
 
@@ -20,11 +27,19 @@ Workloads, built from real Open Bandit Dataset contexts:
   send; ``--v2-client python`` uses our client with JSON instead), then open loop at
   ``--v2-rates`` with our client.
 - ``decide``: ``POST /v1/decide`` scoring ``--candidates`` items and returning ``--k``
-  (ours and plain-serve; Triton has no such API). Closed loop, then open loop.
+  (every system but Triton, which has no such API). Closed loop, then open loop.
 
 Open-loop points send at Poisson arrival times and measure latency from each request's
 scheduled send time (no coordinated omission). The table gives requests/s and
-p50/p95/p99 per point, and each system's ratio to Triton on the same v2 point.
+p50/p95/p99 per point, each system's ratio to Triton on the same v2 point, ours to plain
+Ray Serve, and (when bare-hop ran) each row's requests/s and p99 as a multiple of the
+bare hop's on the same API and point (``rps/bare``, ``p99/bare``: same offered rate, or
+same concurrency). Below it, each system's *capacity* per API: the highest offered
+open-loop rate with p99 < 50 ms and no errors or unanswered requests, and its ratio to
+the bare hop's (only as fine as the rate sweep; a system that passes the sweep's top
+rate gets a lower bound). ``--json PATH`` writes every figure; the latency-throughput
+PNG (p50 dashed, p99 solid, log scale, against offered rate; one panel per API) goes to
+``--plot PATH``, by default next to the JSON with the same stem and ``.png``.
 First use installs the Triton venv and perf_analyzer into ``.bench/`` (progress shown).
 """
 
@@ -48,10 +63,12 @@ from benchmarks._load_client import HttpTarget, LoadResult, closed_loop, open_lo
 from benchmarks._load_systems import ManagedServer, free_port, http_get
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("ours", "plain-serve", "triton")
+SYSTEMS = ("ours", "plain-serve", "triton", "bare-hop")
 APIS = ("v2", "decide")
 # What each system serves: Triton has no decision API.
-SERVES = {"ours": APIS, "plain-serve": APIS, "triton": ("v2",)}
+SERVES = {"ours": APIS, "plain-serve": APIS, "triton": ("v2",), "bare-hop": APIS}
+# Capacity: the highest offered open-loop rate whose p99 stays under this.
+CAPACITY_P99_MS = 50.0
 V2_TARGET_CONCURRENCY = 32
 V2_TARGET_RATIO = 2.0
 DECIDE_TARGET_RPS = 3000.0
@@ -70,6 +87,8 @@ class Row:
     rps_vs_triton: float | None = None
     p99_vs_triton: float | None = None
     rps_vs_plain: float | None = None
+    rps_vs_bare_hop: float | None = None
+    p99_vs_bare_hop: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -79,6 +98,8 @@ class Row:
             "rps_vs_triton": self.rps_vs_triton,
             "p99_vs_triton": self.p99_vs_triton,
             "rps_vs_plain": self.rps_vs_plain,
+            "rps_vs_bare_hop": self.rps_vs_bare_hop,
+            "p99_vs_bare_hop": self.p99_vs_bare_hop,
         }
 
 
@@ -127,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--systems",
         type=_name_list(SYSTEMS),
         default=list(SYSTEMS),
-        help="systems to run (default: all)",
+        help=f"systems to run, any of them in any order (default: {','.join(SYSTEMS)})",
     )
     p.add_argument(
         "--apis",
@@ -153,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decide-rates",
         type=_float_list,
-        default=[1000.0, 2000.0, 3000.0],
-        help="open-loop request rates for /v1/decide (decisions/s)",
+        default=[500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0],
+        help="open-loop request rates for /v1/decide (decisions/s); a sweep past the knee",
     )
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
@@ -191,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", dest="json_path", type=Path, default=None, help="also write every figure here"
     )
     p.add_argument(
+        "--plot",
+        dest="plot_path",
+        type=Path,
+        default=None,
+        help="write the latency-throughput PNG here (default: next to --json, same stem, "
+        ".png; none without --json)",
+    )
+    p.add_argument(
         "--bench-dir",
         type=Path,
         default=REPO_ROOT / ".bench",
@@ -222,8 +251,13 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def running(system: str, args: argparse.Namespace, run_dir: Path) -> Iterator[str]:
-    """Start ``system`` (unless ``--url`` gives ours) and yield its base URL."""
+def running(
+    system: str, args: argparse.Namespace, run_dir: Path, n_items: int = 80
+) -> Iterator[str]:
+    """Start ``system`` (unless ``--url`` gives ours) and yield its base URL.
+
+    n_items: the catalog size of the requests (the bare hop's v2 answer has that shape).
+    """
     if system == "ours" and args.url:
         yield args.url.rstrip("/")
         return
@@ -285,6 +319,12 @@ def running(system: str, args: argparse.Namespace, run_dir: Path) -> Iterator[st
             cwd=REPO_ROOT,
             ready_path=f"/v2/models/{wl.V2_MODEL}/ready",
         )
+    elif system == "bare-hop":
+        cmd = [sys.executable, "-m", "benchmarks._bare_hop_app", "--port", str(port)]
+        cmd += ["--k", str(args.k), "--n-items", str(n_items)]
+        server = ManagedServer(
+            "bare hop (uvicorn)", cmd, base, run_dir / "bare-hop.log", env=env, cwd=REPO_ROOT
+        )
     else:
         raise ValueError(f"unknown system {system!r}")
     log(f"{system}: starting ({shlex.join(cmd)})")
@@ -296,6 +336,16 @@ def running(system: str, args: argparse.Namespace, run_dir: Path) -> Iterator[st
     finally:
         log(f"{system}: stopping")
         server.stop()
+
+
+def bare_hop_server(base: str) -> dict:
+    """What the bare hop runs on (``GET /v2``'s ``uvicorn``: event loop and HTTP parser)."""
+    try:
+        status, body = http_get(f"{base}/v2")
+        info = json.loads(body).get("uvicorn") if status == 200 else None
+    except (OSError, ValueError):
+        info = None
+    return info if isinstance(info, dict) else {"loop": "unknown", "http": "unknown"}
 
 
 def check_v2_contract(base: str) -> dict:
@@ -449,15 +499,18 @@ def _progress(row: Row) -> None:
 
 
 def add_ratios(rows: list[Row]) -> None:
-    """Each row's requests/s and p99 relative to Triton's on the same point (v2), and
-    our requests/s relative to plain Ray Serve's on the same point (v2 and decide)."""
+    """Each row's requests/s and p99 relative to Triton's on the same point (v2), our
+    requests/s relative to plain Ray Serve's on the same point (v2 and decide), and each
+    row's requests/s and p99 relative to the bare hop's (the ceiling of one Python HTTP
+    hop) on the same API and point: same offered rate (open loop) or concurrency (closed).
+    """
 
     def by_point(system: str) -> dict:
         return {
             (r.api, r.result.mode, r.result.offered): r.result for r in rows if r.system == system
         }
 
-    triton, plain = by_point("triton"), by_point("plain-serve")
+    triton, plain, bare = by_point("triton"), by_point("plain-serve"), by_point("bare-hop")
     for row in rows:
         point = (row.api, row.result.mode, row.result.offered)
         ref = triton.get(point)
@@ -469,6 +522,79 @@ def add_ratios(rows: list[Row]) -> None:
         base = plain.get(point)
         if row.system == "ours" and base is not None and base.throughput_rps > 0:
             row.rps_vs_plain = row.result.throughput_rps / base.throughput_rps
+        ceiling = bare.get(point)
+        if ceiling is not None and row.system != "bare-hop":
+            if ceiling.throughput_rps > 0:
+                row.rps_vs_bare_hop = row.result.throughput_rps / ceiling.throughput_rps
+            if (
+                math.isfinite(ceiling.p99_ms)
+                and ceiling.p99_ms > 0
+                and math.isfinite(row.result.p99_ms)
+            ):
+                row.p99_vs_bare_hop = row.result.p99_ms / ceiling.p99_ms
+
+
+def sustains(r: LoadResult, p99_limit_ms: float = CAPACITY_P99_MS) -> bool:
+    """An open-loop point the system kept up with: every scheduled request answered
+    without error and p99 under the limit."""
+    return (
+        r.mode == "open"
+        and r.errors == 0
+        and r.incomplete == 0
+        and r.ok > 0
+        and math.isfinite(r.p99_ms)
+        and r.p99_ms < p99_limit_ms
+    )
+
+
+def capacities(rows: list[Row], p99_limit_ms: float = CAPACITY_P99_MS) -> list[dict]:
+    """Per system and API with open-loop points: the highest offered rate at which p99 <
+    ``p99_limit_ms`` (errors and unanswered requests disqualify a point), and its ratio to
+    the bare hop's capacity on the same API.
+
+    Each entry: ``system, api, capacity_rps`` (None when no rate passed), ``rates`` (the
+    offered rates tried), ``at_sweep_top`` (the highest rate tried passed, so the capacity
+    is at least that), ``vs_bare_hop`` (None without a bare-hop capacity on that API) and
+    ``vs_bare_hop_kind``: ``"estimate"``, ``"lower bound"`` (this system passed the top
+    rate), ``"upper bound"`` (the bare hop did) or ``"not comparable"`` (both did).
+    The figure is only as fine as the rate sweep.
+    """
+    found: dict[tuple[str, str], list[LoadResult]] = {}
+    for row in rows:
+        if row.result.mode == "open":
+            found.setdefault((row.system, row.api), []).append(row.result)
+    out = []
+    for (system, api), results in found.items():
+        rates = sorted({r.offered for r in results})
+        passing = [r.offered for r in results if sustains(r, p99_limit_ms)]
+        cap = max(passing) if passing else None
+        out.append(
+            {
+                "system": system,
+                "api": api,
+                "capacity_rps": cap,
+                "p99_limit_ms": p99_limit_ms,
+                "rates": rates,
+                "at_sweep_top": cap is not None and cap == rates[-1],
+                "vs_bare_hop": None,
+                "vs_bare_hop_kind": None,
+            }
+        )
+    bare = {c["api"]: c for c in out if c["system"] == "bare-hop"}
+    for c in out:
+        ref = bare.get(c["api"])
+        if c["system"] == "bare-hop" or ref is None or not ref["capacity_rps"]:
+            continue
+        if c["capacity_rps"] is None:
+            continue
+        c["vs_bare_hop"] = c["capacity_rps"] / ref["capacity_rps"]
+        c["vs_bare_hop_kind"] = {
+            (False, False): "estimate",
+            (True, False): "lower bound",
+            (False, True): "upper bound",
+            (True, True): "not comparable",
+        }[(c["at_sweep_top"], ref["at_sweep_top"])]
+    return out
 
 
 def evaluate_targets(rows: list[Row]) -> list[dict]:
@@ -565,7 +691,7 @@ def print_table(rows: list[Row]) -> None:
     head = (
         f"{'system':<12} {'api':<7} {'mode':<7} {'offered':>9} {'req/s':>9} {'p50 ms':>9} "
         f"{'p95 ms':>9} {'p99 ms':>9} {'errors':>7} {'tool':<14} {'rps/triton':>10} "
-        f"{'p99/triton':>10} {'rps/plain':>9}"
+        f"{'p99/triton':>10} {'rps/plain':>9} {'rps/bare':>8} {'p99/bare':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -581,11 +707,42 @@ def print_table(rows: list[Row]) -> None:
         ratio = f"{row.rps_vs_triton:.2f}x" if row.rps_vs_triton is not None else "-"
         p99r = f"{row.p99_vs_triton:.2f}x" if row.p99_vs_triton is not None else "-"
         plain = f"{row.rps_vs_plain:.2f}x" if row.rps_vs_plain is not None else "-"
+        bare = f"{row.rps_vs_bare_hop:.2f}x" if row.rps_vs_bare_hop is not None else "-"
+        p99b = f"{row.p99_vs_bare_hop:.2f}x" if row.p99_vs_bare_hop is not None else "-"
         print(
             f"{row.system:<12} {row.api:<7} {r.mode:<7} {_offered(r):>9} "
             f"{r.throughput_rps:>9,.0f} {num(r.p50_ms):>9} {num(r.p95_ms):>9} "
-            f"{num(r.p99_ms):>9} {err:>7} {r.tool:<14} {ratio:>10} {p99r:>10} {plain:>9}"
+            f"{num(r.p99_ms):>9} {err:>7} {r.tool:<14} {ratio:>10} {p99r:>10} {plain:>9} "
+            f"{bare:>8} {p99b:>8}"
         )
+
+
+def print_capacities(caps: list[dict]) -> None:
+    """One line per system and API: its open-loop capacity and its ratio to the bare hop's."""
+    if not caps:
+        return
+    limit = caps[0]["p99_limit_ms"]
+    print(f"\ncapacity (highest offered open-loop rate with p99 < {limit:g} ms, no errors):")
+    for c in caps:
+        if c["capacity_rps"] is None:
+            cap = f"< {c['rates'][0]:g}/s"
+        else:
+            cap = (">= " if c["at_sweep_top"] else "") + f"{c['capacity_rps']:g}/s"
+        vs = ""
+        if c["vs_bare_hop"] is not None:
+            vs = f"{c['vs_bare_hop']:.2f}x bare-hop's"
+            if c["vs_bare_hop_kind"] != "estimate":
+                vs += f" ({c['vs_bare_hop_kind']}: the sweep's top rate passed)"
+        print(f"  {c['system']:<12} {c['api']:<7} {cap:>12}  {vs}".rstrip())
+
+
+def plot_path(args: argparse.Namespace) -> Path | None:
+    """``--plot``, else the ``--json`` path with ``.png``, else None."""
+    if args.plot_path is not None:
+        return args.plot_path
+    if args.json_path is not None:
+        return args.json_path.with_suffix(".png")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -626,13 +783,21 @@ def main(argv: list[str] | None = None) -> int:
     # Ours first: whether perf_analyzer can drive it decides the v2 client for all.
     for system in sorted(args.systems, key=SYSTEMS.index):
         try:
-            with running(system, args, run_dir) as base:
+            with running(system, args, run_dir, n_items=ctx.affinity.shape[1]) as base:
+                if system == "bare-hop":
+                    work["bare_hop_server"] = bare_hop_server(base)
+                    log(
+                        "bare-hop: uvicorn, 1 worker, event loop "
+                        f"{work['bare_hop_server'].get('loop')}, HTTP parser "
+                        f"{work['bare_hop_server'].get('http')}"
+                    )
                 rows += drive(system, base, args, work, run_dir)
         except (RuntimeError, OSError) as exc:
             failures.append(f"{system}: {exc}")
             log(f"{system}: FAILED: {exc}")
     add_ratios(rows)
     targets = evaluate_targets(rows)
+    caps = capacities(rows)
 
     print(
         f"\nload benchmark: {os.cpu_count()} CPU(s), {platform.machine()}, "
@@ -640,6 +805,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.candidates} candidates, k={args.k} per decision"
     )
     print_table(rows)
+    if work.get("bare_hop_server"):
+        info = work["bare_hop_server"]
+        print(
+            f"bare-hop: raw ASGI app under uvicorn, 1 worker, event loop {info.get('loop')}, "
+            f"HTTP parser {info.get('http')}; rps/bare and p99/bare compare each row with "
+            "it on the same API and point"
+        )
+    print_capacities(caps)
     print("\ntargets:")
     for t in targets:
         print(f"  [{t['status']}] {t['target']}" + (f": {t['detail']}" if "detail" in t else ""))
@@ -647,6 +820,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [failed] {f}")
     if work.get("pa_fallback"):
         print(f"  note: v2 closed loop used the Python client: {work['pa_fallback']}")
+    plot = plot_path(args)
+    if plot is not None:
+        from benchmarks._load_plot import has_open_loop_points, write_plot
+
+        if has_open_loop_points(rows):
+            log(f"plotting latency against offered rate to {plot}")
+            write_plot(rows, plot)
+            print(f"\nwrote {plot}")
+        else:
+            log("no open-loop points: no plot")
+            plot = None
     if args.json_path:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
         args.json_path.write_text(
@@ -664,6 +848,9 @@ def main(argv: list[str] | None = None) -> int:
                     "candidates": args.candidates,
                     "k": args.k,
                     "rows": [r.as_dict() for r in rows],
+                    "capacity": caps,
+                    "bare_hop_server": work.get("bare_hop_server"),
+                    "plot": str(plot) if plot is not None else None,
                     "targets": targets,
                     "failures": failures,
                     "v2_client_fallback": work.get("pa_fallback"),
