@@ -21,10 +21,19 @@ from tests._scratch import (
 if not any(os.environ.get(name) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
-# Hypothesis keeps its example database in ./.hypothesis by default: the checkout.
+# The server's warm-up caches its kernel measurement in ~/.cache/nudgeserve by default
+# (nudgeserve.kernels._autotune); this session's servers and engines, e2e subprocesses
+# included (they inherit the environment), cache it in the scratch dir instead.
+os.environ["NUDGESERVE_KERNEL_CACHE_DIR"] = str(session_scratch() / "kernel-cache")
+
+# Hypothesis keeps its example database and caches (``constants``, ``unicode_data``) in
+# ./.hypothesis by default: the checkout. Both go to this session's scratch directory.
 try:
     from hypothesis import settings
+    from hypothesis.configuration import set_hypothesis_home_dir
     from hypothesis.database import DirectoryBasedExampleDatabase
+
+    set_hypothesis_home_dir(str(session_scratch() / "hypothesis-home"))
 
     settings.register_profile(
         "scratch", database=DirectoryBasedExampleDatabase(str(session_scratch() / "hypothesis"))

@@ -57,4 +57,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{op:<28}{backend:<10}{seconds * 1e6:>10.1f}us   {mark}")
     if path is not None:
         print(f"profile written to {path}")
+    from nudgeserve.kernels._autotune import ENV_AUTOTUNE, cache_dir
+
+    print(
+        "note: without a profile the server chooses by itself: its warm-up times the "
+        f"hot-path ops once per machine (about a second) and caches the fastest in "
+        f"{cache_dir()} ({ENV_AUTOTUNE}=0 turns that off); a written profile takes "
+        "precedence for every op it names, NUDGESERVE_KERNELS over both.",
+        file=sys.stderr,
+    )
     return 0

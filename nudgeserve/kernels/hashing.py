@@ -60,8 +60,12 @@ def _load_numba(name: str):
     return load
 
 
+# Values per call: "batch" is one server batch, 64 requests x 4 user fields.
+_EXAMPLE_SIZES = {"small": 8, "batch": 256, "typical": 2048, "large": 4096}
+
+
 def _example_strings(size: str) -> list[str]:
-    n = 8 if size == "small" else 2048
+    n = _EXAMPLE_SIZES[size]
     rng = np.random.default_rng(0)
     # Hex ids like the Open Bandit Dataset's user features, and non-ASCII words, so the
     # example touches both string paths.
@@ -80,7 +84,7 @@ def _example_ucs4(size: str):
 
 
 def _example_int64(size: str):
-    n = 8 if size == "small" else 2048
+    n = _EXAMPLE_SIZES[size]
     values = np.random.default_rng(0).integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64)
     return (values, 0, 1 << 20, 1), {}
 

@@ -337,7 +337,8 @@ def _loaders(name: str) -> dict:
 
 def _scores_example(size: str, extra: float):
     rng = np.random.default_rng(0)
-    rows, cols, k = (4, 20, 3) if size == "small" else (4096, 80, 3)
+    # "batch": one server batch (64 requests x 80 candidates); "typical" = "large".
+    rows, cols, k = {"small": (4, 20, 3), "batch": (64, 80, 3)}.get(size, (4096, 80, 3))
     scores = rng.standard_normal((rows, cols)).astype(np.float32)
     mask = rng.random((rows, cols)) < 0.1
     seeds = np.arange(rows, dtype=np.uint64)
@@ -346,7 +347,8 @@ def _scores_example(size: str, extra: float):
 
 def _thompson_draw_example(size: str):
     rng = np.random.default_rng(0)
-    rows, cols, k = (4, 20, 3) if size == "small" else (1024, 80, 3)
+    sizes = {"small": (4, 20, 3), "batch": (64, 80, 3), "large": (4096, 80, 3)}
+    rows, cols, k = sizes.get(size, (1024, 80, 3))
     alpha = 1.0 + rng.poisson(20.0, (1, cols)).astype(np.float64)
     beta = 1.0 + rng.poisson(400.0, (1, cols)).astype(np.float64)
     mask = rng.random((rows, cols)) < 0.1

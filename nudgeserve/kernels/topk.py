@@ -112,7 +112,8 @@ def _load_numpy():
 
 def _example(size: str) -> tuple[tuple, dict]:
     rng = np.random.default_rng(0)
-    rows, cols, k = (4, 40, 3) if size == "small" else (4096, 80, 3)
+    # "batch": one server batch (64 requests x 80 candidates); "typical" = "large".
+    rows, cols, k = {"small": (4, 40, 3), "batch": (64, 80, 3)}.get(size, (4096, 80, 3))
     scores = rng.standard_normal((rows, cols)).astype(np.float32)
     mask = rng.random((rows, cols)) < 0.1
     return (scores, k, mask, get_num_threads()), {}

@@ -73,25 +73,28 @@ def _loaders(op: str) -> dict:
     return {"cython": cython, "numba": numba, "numpy": lambda: getattr(_transforms_ref, op)}
 
 
+# "typical": 1,024 candidate rows x 64 features; "batch": one server batch, 64 requests x
+# 80 candidates (the affinity matrix); "large": 4,096 rows x 64 features.
+_EXAMPLE_SHAPES = {"small": (4, 64), "batch": (64, 80), "typical": (1024, 64), "large": (4096, 64)}
+
+
 def _example_matrix(size: str) -> np.ndarray:
-    # "typical": a serving batch of 1,024 candidate rows x 64 features.
-    n_rows = 4 if size == "small" else 1024
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((n_rows, 64)) * 3 + 1).astype(np.float32)
+    x = (rng.standard_normal(_EXAMPLE_SHAPES[size]) * 3 + 1).astype(np.float32)
     x[0, :4] = [np.nan, np.inf, -np.inf, -1.0]
     return x
 
 
 def _example_standardize(size: str):
     x = _example_matrix(size)
-    mean = np.full(64, 1.0, dtype=np.float32)
-    std = np.full(64, 3.0, dtype=np.float32)
+    mean = np.full(x.shape[1], 1.0, dtype=np.float32)
+    std = np.full(x.shape[1], 3.0, dtype=np.float32)
     return (x, mean, std, np.float32(DEFAULT_MAX_Z), np.empty_like(x), 1), {}
 
 
 def _example_clip(size: str):
     x = _example_matrix(size)
-    bounds = [np.full(64, v, dtype=np.float32) for v in (-2.0, 4.0, 0.0)]
+    bounds = [np.full(x.shape[1], v, dtype=np.float32) for v in (-2.0, 4.0, 0.0)]
     return (x, *bounds, np.empty_like(x), 1), {}
 
 

@@ -32,6 +32,9 @@ ENV_DIRECT_INGRESS_MAX_HTTP_PORT = "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"
 ENV_METRICS_REPORT_INTERVAL_MS = "RAY_metrics_report_interval_ms"
 # The admin token of admin routes (POST /v1/models/{m}/load); wins over the config's.
 ENV_ADMIN_TOKEN = "NUDGESERVE_ADMIN_TOKEN"
+# Where gateway replicas deployed with `serve deploy` serve HTTP (ingress: nudgeserve).
+ENV_HTTP_HOST = "NUDGESERVE_HTTP_HOST"
+ENV_HTTP_PORT = "NUDGESERVE_HTTP_PORT"
 
 
 def _get(name: str) -> str | None:
@@ -54,6 +57,22 @@ def ray_temp_dir(default: Path) -> Path:
 def admin_token() -> str | None:
     """``NUDGESERVE_ADMIN_TOKEN``, or None when unset or empty."""
     return _get(ENV_ADMIN_TOKEN)
+
+
+def listen_address() -> tuple[str, int]:
+    """(host, port) from ``NUDGESERVE_HTTP_HOST`` (default 0.0.0.0) and
+    ``NUDGESERVE_HTTP_PORT`` (default 8000), for gateways deployed with ``serve deploy``."""
+    host = _get(ENV_HTTP_HOST) or "0.0.0.0"
+    text = _get(ENV_HTTP_PORT) or "8000"
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        from nudgeserve.serve.errors import ConfigError
+
+        raise ConfigError(f"{ENV_HTTP_PORT} = {text!r} is invalid: must be a port", ENV_HTTP_PORT)
+    return host, port
 
 
 def ray_address() -> str | None:
@@ -98,7 +117,8 @@ def ray_ingress_environment(mode: str, port: int, n_ports: int) -> dict[str, str
     from a range; the range starts at ``port`` so the first gateway replica on a node
     answers on the configured port (``n_ports`` ports are reserved for more replicas).
     """
-    if mode == "proxy":
+    if mode in ("proxy", "nudgeserve"):
+        # ``nudgeserve``: the gateway serves HTTP itself; Ray's proxy listens elsewhere.
         return {ENV_DIRECT_INGRESS: "0", ENV_THROUGHPUT_OPTIMIZED: "0"}
     env = {
         ENV_DIRECT_INGRESS: "1",

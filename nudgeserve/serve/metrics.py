@@ -12,6 +12,11 @@ point Prometheus at every node's export port for the whole picture; ``/metrics``
 gateway's node.
 
 Outside Ray (unit tests) the metrics are no-ops, so the code paths stay the same.
+
+``/metrics`` also carries ``nudgeserve_kernel_backend{op, backend, source} 1``, one line
+per kernel op the gateway process has chosen (``kernel_backend_text``, from
+``kernels.backend_report``): which backend runs each op and why (``env``, ``profile``,
+``cache``/``measured`` for the choice auto-measured at start, ``default``).
 """
 
 from __future__ import annotations
@@ -120,6 +125,26 @@ FAMILIES: dict[str, Family] = {
         "Requests waiting in a replica for their batch, by use case.",
         ("use_case",),
     ),
+    "queue_time": Family(
+        "histogram",
+        "nudgeserve_queue_time_seconds",
+        "Seconds a request waited in its replica before its batch started, by use case.",
+        ("use_case",),
+        LATENCY_BOUNDARIES_S,
+    ),
+    "loop_lag": Family(
+        "gauge",
+        "nudgeserve_event_loop_lag_seconds",
+        "Largest delay of the gateway's event loop over the last second (how long a "
+        "request that has arrived waits before the loop reads it).",
+        (),
+    ),
+    "admission": Family(
+        "counter",
+        "nudgeserve_admission_total",
+        "Decision and inference requests admitted or shed (503) by the latency budget.",
+        ("decision",),
+    ),
     "log_queue": Family(
         "gauge",
         "nudgeserve_decision_log_queue_depth",
@@ -143,7 +168,9 @@ class ServeMetrics:
     route and code; request_latency: receive-to-answer seconds by route; stage_latency:
     seconds per stage (decode, featurize, model, select, encode) by use case; batch_size:
     requests per batch by use case and method; queue_depth: requests waiting in this
-    replica for their batch, by use case; log_queue: writes waiting for the decision
+    replica for their batch, by use case; queue_time: seconds each request waited for its
+    batch; loop_lag: the gateway loop's largest delay over the last second; admission:
+    requests admitted or shed by the latency budget; log_queue: writes waiting for the decision
     log's writer; learner_staleness: age of the replica's bandit snapshot.
 
     make_recorder: builds the recorder of a ``Family`` (``serve.ray.metrics`` passes
@@ -156,6 +183,9 @@ class ServeMetrics:
     stage_latency: Recorder
     batch_size: Recorder
     queue_depth: Recorder
+    queue_time: Recorder
+    loop_lag: Recorder
+    admission: Recorder
     log_queue: Recorder
     learner_staleness: Recorder
 
@@ -186,10 +216,37 @@ def filter_families(text: str, prefixes: tuple[str, ...] = EXPORTED_PREFIXES) ->
     return "\n".join(kept) + "\n"
 
 
+KERNEL_BACKEND = "nudgeserve_kernel_backend"
+
+
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def kernel_backend_text(report: dict[str, dict[str, Any]] | None = None) -> str:
+    """The info family ``nudgeserve_kernel_backend{op, backend, source} 1`` in Prometheus
+    text, one line per op of ``report`` (default: ``kernels.backend_report`` of the ops
+    this process has chosen; a scrape never loads a kernel)."""
+    if report is None:
+        from nudgeserve.kernels import backend_report
+
+        report = backend_report(resolve=False)
+    lines = [
+        f"# HELP {KERNEL_BACKEND} Backend running each kernel op in this process and where "
+        "the choice came from (env, profile, cache, measured, default).",
+        f"# TYPE {KERNEL_BACKEND} gauge",
+    ]
+    for op, entry in sorted(report.items()):
+        labels = f'op="{_label(op)}",backend="{_label(entry["backend"])}"'
+        lines.append(f'{KERNEL_BACKEND}{{{labels},source="{_label(entry["source"])}"}} 1')
+    return "\n".join(lines) + "\n"
+
+
 async def fetch_metrics(session: Any, url: str, timeout_s: float = 3.0) -> str:
-    """GET ``url`` with an aiohttp session; the filtered Prometheus text."""
+    """GET ``url`` with an aiohttp session; the filtered Prometheus text, followed by this
+    process's kernel backends (``kernel_backend_text``)."""
     import aiohttp
 
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
         response.raise_for_status()
-        return filter_families(await response.text())
+        return filter_families(await response.text()) + kernel_backend_text()

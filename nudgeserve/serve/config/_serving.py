@@ -71,14 +71,29 @@ class DecisionLogSettings(Settings):
 # --- server --------------------------------------------------------------------------------
 
 
+class AdmissionSettings(Settings):
+    """Admission control of ``/v1/decide`` and v2 inference (``serve.http.admission``).
+
+    latency_budget_ms: a request is refused at once (503, ``Retry-After``) when the wait
+        it would see in the gateway (the use cases' queued batches plus the event loop's
+        lag) is predicted to exceed this; 0 turns admission control off. Applies to the
+        gateway's own HTTP server (``ingress: nudgeserve``).
+    """
+
+    latency_budget_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 10.0
+
+
 class ServerSettings(Settings):
     """The HTTP side.
 
     ingress: how HTTP reaches the gateway (see docs/serving.md for the measurements):
-        ``proxy`` (Ray Serve's HTTP proxy actor), ``direct`` (the gateway replica serves
-        HTTP itself) or ``throughput_optimized`` (direct ingress plus Ray's other
-        throughput switches). Used by ``nudgeserve run``; on a cluster the same switches
-        are environment variables of ``ray start``.
+        ``nudgeserve`` (default: each gateway replica runs its own HTTP server on the
+        port, shared by the node's gateway replicas), ``proxy`` (Ray Serve's HTTP proxy
+        actor), ``direct`` (Ray's direct ingress: uvicorn in the replica) or
+        ``throughput_optimized`` (direct ingress plus Ray's other throughput switches).
+        Used by ``nudgeserve run``; on a cluster Ray's switches are environment
+        variables of ``ray start``.
+    admission: admission control by latency budget (``AdmissionSettings``).
     placement: ``separate`` runs one deployment per use case (own replicas, GPUs,
         autoscaling) behind the gateway; ``colocated`` runs the use cases' batched
         scorers inside the gateway replica (one process hop fewer).
@@ -90,11 +105,12 @@ class ServerSettings(Settings):
         Neither set: admin routes are refused.
     """
 
-    ingress: Literal["proxy", "direct", "throughput_optimized"] = "throughput_optimized"
+    ingress: Literal["nudgeserve", "proxy", "direct", "throughput_optimized"] = "nudgeserve"
     placement: Literal["separate", "colocated"] = "colocated"
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 8 << 20
     request_timeout_s: PositiveFloat = 10.0
     admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    admission: AdmissionSettings = msgspec.field(default_factory=AdmissionSettings)
     gateway: DeploymentSettings = msgspec.field(
         default_factory=lambda: DeploymentSettings(num_gpus=0.0, num_cpus=0.5)
     )

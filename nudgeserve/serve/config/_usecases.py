@@ -60,11 +60,13 @@ class DeploymentSettings(Settings):
 
 
 class Batching(Settings):
-    """``@serve.batch``: a replica scores up to ``max_batch_size`` requests at once,
-    waiting at most ``batch_wait_timeout_s`` for a batch to fill."""
+    """A replica scores up to ``max_batch_size`` requests at once (``engine.batcher``):
+    requests that arrive while a batch runs form the next batch; an idle replica waits
+    ``batch_wait_timeout_s`` for batch-mates before it starts one (0: no wait; batches
+    still grow under load)."""
 
     max_batch_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
-    batch_wait_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.002
+    batch_wait_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.0
 
 
 class Learning(Settings):

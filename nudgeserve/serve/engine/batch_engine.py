@@ -14,6 +14,7 @@ state from outside.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -131,10 +132,15 @@ class BatchEngine:
         return load_checkpoint(path, expected_kind=CHECKPOINT_KIND[self.info.kind])
 
     def warmup(self) -> dict[str, float]:
-        """Compile and touch everything a request will use; returns seconds per step."""
+        """Choose the kernels' backends (measured once per machine, ``kernels.autotune``),
+        then compile and touch everything a request will use; returns seconds per step."""
+        from nudgeserve.kernels import autotune
         from nudgeserve.kernels import warmup as warm_kernels
 
         took = {}
+        t0 = time.perf_counter()
+        autotune(log=logging.getLogger("ray.serve"))
+        took["kernel_autotune"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         warm_kernels()
         took["kernels"] = time.perf_counter() - t0

@@ -212,6 +212,8 @@ class Router:
         self.max_body = config.server.max_body_bytes
         self.timeout_s = config.server.request_timeout_s
         self._ready: set[str] = set()
+        # Set when the replica is stopping: /v2/health/ready answers 503 from then on.
+        self.draining = False
         self._session: Any = None
         self._find_metrics_url = metrics_url or (lambda: None)
         self._metrics_url: str | None = None
@@ -511,6 +513,8 @@ class Router:
     # -- helpers ----------------------------------------------------------------------------
 
     async def check_ready(self, timeout_s: float) -> None:
+        if self.draining:
+            raise NotReady("the server is shutting down")
         for name in self.scorers:
             await self._check_scorer(name, timeout_s)
 

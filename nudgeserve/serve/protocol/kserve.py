@@ -164,8 +164,20 @@ class InferRequest:
     batch_size: int
 
 
-def server_metadata(version: str) -> dict[str, Any]:
-    return {"name": "nudgeserve", "version": version, "extensions": list(EXTENSIONS)}
+def server_metadata(version: str, kernels: dict[str, str] | None = None) -> dict[str, Any]:
+    """``GET /v2``: name, version and extensions, plus ``kernels``, our own key (clients
+    such as ``tritonclient`` return the JSON as is): ``{op: backend}`` of the kernels this
+    process has chosen (default: read from ``nudgeserve.kernels``, without loading any)."""
+    if kernels is None:
+        from nudgeserve.kernels import backend_report
+
+        kernels = {op: e["backend"] for op, e in backend_report(resolve=False).items()}
+    return {
+        "name": "nudgeserve",
+        "version": version,
+        "extensions": list(EXTENSIONS),
+        "kernels": dict(kernels),
+    }
 
 
 def _parse_header_length(value: str | None, body_length: int) -> int | None:

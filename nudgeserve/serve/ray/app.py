@@ -68,9 +68,17 @@ def deployment_options(settings: DeploymentSettings, num_gpus: float, name: str)
     return options
 
 
-def build_app(config: ServeConfig, *, has_gpus: bool | None = None) -> Any:
+def build_app(
+    config: ServeConfig,
+    *,
+    has_gpus: bool | None = None,
+    listen: tuple[str, int] | None = None,
+) -> Any:
     """The application: a gateway ingress and, with ``placement: separate``, one batched
     deployment per use case.
+
+    listen: (host, port) the gateway replicas serve HTTP on themselves (``ingress:
+    nudgeserve``); None: requests arrive through Ray's ingress only.
 
     Checks every use case's checkpoint metadata first (ConfigError names the use case),
     so a bad config fails here rather than in a replica.
@@ -105,7 +113,9 @@ def build_app(config: ServeConfig, *, has_gpus: bool | None = None) -> Any:
             [gateway_gpus] + [resolve_gpus(u.deployment, has_gpus) for u in config.use_cases]
         )
     options = deployment_options(config.server.gateway, gateway_gpus, GATEWAY_NAME)
-    return serve.deployment(Gateway).options(**options).bind(config, handles)
+    if config.server.ingress != "nudgeserve":
+        listen = None
+    return serve.deployment(Gateway).options(**options).bind(config, handles, listen)
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -113,6 +123,8 @@ def app_builder(args: dict[str, Any]) -> Any:
     config = parse_config(dict(args), prefix="args")
     wanted = config.server.ingress
     running = _env.ingress_mode_in_environment()
+    if wanted == "nudgeserve":
+        return build_app(config, listen=_env.listen_address())
     if wanted != running:
         logger.warning(
             "server.ingress is %r but this cluster's Ray Serve runs %r; set the ingress "

@@ -1,12 +1,12 @@
 """The Ray Serve deployments: the gateway (HTTP ingress) and the batched use-case scorers.
 
 ``UseCaseScorer`` is one use case's replica logic: it loads the model at start (and warms
-up kernels and torch), and its ``decide``/``infer`` calls join ``@serve.batch`` batches
-that are featurized, scored and selected in one go. It runs either as its own deployment
+up kernels and torch), and its ``decide``/``infer`` calls join micro-batches
+(``engine.batcher``) that are featurized, scored and selected in one go. It runs either as its own deployment
 (``placement: separate``: own replicas, GPU and autoscaling per use case) or inside the
 gateway replica (``placement: colocated``: no process hop).
 
-``Gateway`` is the ingress: HTTP routing only (``_router``), handing bodies to the
+``Gateway`` is the ingress: HTTP routing only (``serve.http.router``), handing bodies to the
 serving logic (``serving``, ``kserve``) and items to the scorers.
 """
 
@@ -18,10 +18,10 @@ import time
 from typing import Any
 
 import numpy as np
-from ray import serve
 
 from nudgeserve.serve.config import ServeConfig, UseCase
 from nudgeserve.serve.engine.bandits import BanditFeed
+from nudgeserve.serve.engine.batcher import MicroBatcher
 from nudgeserve.serve.engine.model_versions import ModelChoice, ModelWatch
 from nudgeserve.serve.engine.record_builder import RecordBuilder, intervention_records
 from nudgeserve.serve.engine.types import (
@@ -102,13 +102,19 @@ class UseCaseScorer:
         if self._owns_log and config is not None:
             self.watch = watch_models(config, self._apply_choice)
         self._reload_lock = asyncio.Lock()
-        batching = settings.batching
-        for method in (self._decide_batch, self._infer_batch):
-            method.set_max_batch_size(batching.max_batch_size)
-            method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.metrics = ray_metrics()
         self._tags = {"use_case": settings.name}
         self._waiting = 0
+        batching = settings.batching
+        self.batchers = {
+            method: MicroBatcher(
+                run,
+                batching.max_batch_size,
+                max_wait_s=batching.batch_wait_timeout_s,
+                on_batch=self._queue_times,
+            )
+            for method, run in (("decide", self.decide_and_log), ("infer", self._infer_batch))
+        }
 
     def _build(self, settings: UseCase):
         return build_engine(settings, self.policies)
@@ -193,7 +199,7 @@ class UseCaseScorer:
             self.watch.poke()
         self._waiting += 1
         try:
-            return await self._decide_batch(item)
+            return await self.batchers["decide"].submit(item)
         finally:
             self._waiting -= 1
 
@@ -201,16 +207,18 @@ class UseCaseScorer:
         """KServe v2 outputs for one request's rows (joins the current batch)."""
         self._waiting += 1
         try:
-            return await self._infer_batch(inputs)
+            return await self.batchers["infer"].submit(inputs)
         finally:
             self._waiting -= 1
+
+    def _queue_times(self, size: int, waits: list[float], service_s: float) -> None:
+        observe = self.metrics.queue_time.observe
+        for wait in waits:
+            observe(wait, tags=self._tags)
 
     # CPU work runs on the replica's loop: a batch takes about a millisecond, less than a
     # hand-off to a thread pool would cost on a small machine; the kernels and torch
     # release the GIL while they compute.
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _decide_batch(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
-        return await self.decide_and_log(items)
 
     async def decide_and_log(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
         """One batch: score and select, then commit every decision to the log; raises
@@ -304,7 +312,6 @@ class UseCaseScorer:
         # Ray Serve calls this on a graceful stop, after the replica's requests drained.
         self.close()
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _infer_batch(self, requests: list[dict[str, Any]]) -> list[InferOutcome]:
         outcomes = self.engine.infer_batch(requests)
         self._record(outcomes[0].times if outcomes else None, "infer")
@@ -351,41 +358,143 @@ class _Remote:
 
 
 class Gateway:
-    """The HTTP ingress (see ``_router.Router`` for the routes)."""
+    """The HTTP ingress (see ``serve.http.router.Router`` for the routes).
 
-    def __init__(self, config: ServeConfig, handles: dict[str, Any] | None = None) -> None:
-        from nudgeserve.serve.http.router import Router
+    listen: (host, port) for the gateway's own HTTP server (``server.ingress:
+    nudgeserve``; every gateway replica of a node shares the port), or None: requests
+    arrive only through Ray (its proxy or a handle). Either way the router, the scorers
+    and the decision log live on the data plane's loop (``serve.http.data_plane``).
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        handles: dict[str, Any] | None = None,
+        listen: tuple[str, int] | None = None,
+    ) -> None:
+        from nudgeserve.serve.http.data_plane import DataPlane
 
         handles = handles or {}
-        # One decision log per gateway replica: the colocated scorers log into it, and
-        # feedback is recorded through it.
-        self.log = open_decision_log(config)
-        scorers: dict[str, Any] = {}
-        for settings in config.use_cases:
-            if settings.name in handles:
-                scorers[settings.name] = _Remote(handles[settings.name])
-            else:
-                scorers[settings.name] = UseCaseScorer(settings, config, self.log)
-        self.router = Router(
-            config, scorers, self.log, metrics=ray_metrics(), metrics_url=local_metrics_url
+        self.config = config
+        self.log = None
+        server = config.server
+
+        def build() -> Any:
+            from nudgeserve.serve.http.router import Router
+
+            # One decision log per gateway replica: the colocated scorers log into it, and
+            # feedback is recorded through it.
+            self.log = open_decision_log(config)
+            scorers: dict[str, Any] = {}
+            for settings in config.use_cases:
+                if settings.name in handles:
+                    scorers[settings.name] = _Remote(handles[settings.name])
+                else:
+                    scorers[settings.name] = UseCaseScorer(settings, config, self.log)
+            router = Router(
+                config, scorers, self.log, metrics=ray_metrics(), metrics_url=local_metrics_url
+            )
+            # Reloads reach every replica through the model registry (``model_registry``).
+            router.use_model_watch(watch_models(config, router.apply_model))
+            return router
+
+        self.plane = DataPlane(
+            build,
+            listen,
+            budget_s=server.admission.latency_budget_ms / 1000.0,
+            retry_after_s=server.gateway.retry_after_s,
+            max_body=server.max_body_bytes,
         )
-        # Reloads reach every replica through the model registry (``model_registry``).
-        self.router.use_model_watch(watch_models(config, self.router.apply_model))
+        self.plane.start()
+        self.router = self.plane.router
+        self._drain_watch = DrainWatch(APP_DRAIN_KEY, self.plane.drain)
 
     async def __call__(self, request: Any) -> Any:
-        return await self.router.handle(request)
+        from nudgeserve.serve.http.server import Request
+
+        # Read on Ray's loop (the ASGI receive channel lives there), answer on the data
+        # plane's loop (which owns the router and the batchers).
+        body = await request.body()
+        scope = request.scope
+        lean = Request(
+            request.method,
+            scope["path"],
+            scope.get("query_string", b""),
+            {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+            body,
+            0.0,
+        )
+        return await asyncio.wrap_future(self.plane.call(self.router.handle(lean)))
 
     def __del__(self) -> None:
         # Ray Serve calls this on a graceful stop (SIGTERM to `nudgeserve run`, `serve
-        # shutdown`), after the replica's ongoing requests drained: write what is queued.
-        router = getattr(self, "router", None)
+        # shutdown`): new requests get 503 at once, the ones in flight are answered, then
+        # what is queued for the decision log is written.
+        watch = getattr(self, "_drain_watch", None)
+        if watch is not None:
+            watch.stop()
+        plane = getattr(self, "plane", None)
+        if plane is not None:
+            plane.stop(grace_s=5.0, close=self._close_scorers)
+
+    def _close_scorers(self) -> None:
+        router = self.router
         if router is not None:
             for scorer in router.scorers.values():
                 if isinstance(scorer, UseCaseScorer):
                     scorer.close()
-        log = getattr(self, "log", None)
-        if log is not None:
-            log.close()
+        if self.log is not None:
+            self.log.close()
 
     # No check_health: a use-case deployment still loading (or restarting) must not get
     # the gateway restarted; /v2/health/ready reports the scorers instead.
+
+
+# Set in Ray's key-value store by ``nudgeserve run`` when it stops: every gateway replica
+# then drains at once (503 to new requests, not ready), before Ray Serve stops them.
+APP_DRAIN_KEY = b"nudgeserve:draining"
+
+
+class DrainWatch:
+    """Polls Ray's key-value store for ``key`` every ``interval_s`` in a daemon thread;
+    calls ``on_drain`` once when it appears."""
+
+    def __init__(self, key: bytes, on_drain: Any, interval_s: float = 0.1) -> None:
+        import threading
+
+        self.key = key
+        self.on_drain = on_drain
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drain-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import ray
+        from ray.experimental import internal_kv
+
+        while not self._stop.wait(self.interval_s):
+            if not ray.is_initialized():
+                continue
+            try:
+                if internal_kv._internal_kv_get(self.key) is not None:
+                    self.on_drain()
+                    return
+            except Exception:  # the GCS restarting: try again next time
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def request_drain() -> None:
+    """Tell every gateway replica to drain (``nudgeserve run`` calls it when stopping)."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(APP_DRAIN_KEY, b"1", overwrite=True)
+
+
+def clear_drain() -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(APP_DRAIN_KEY)

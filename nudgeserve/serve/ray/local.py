@@ -117,6 +117,13 @@ class LocalServer:
         import ray
         from ray import serve
 
+        if self.config is not None and self.config.server.ingress == "nudgeserve":
+            # Every gateway replica answers 503 to new requests and not-ready from now on
+            # (within its 100 ms poll), finishing the requests in flight.
+            from nudgeserve.serve.ray.deployments import request_drain
+
+            with contextlib.suppress(Exception):
+                request_drain()
         if self.config is not None:
             from nudgeserve.serve.ray.learner import stop_learners
 
@@ -176,7 +183,8 @@ def start_local(
     """Start (or join, with ``RAY_ADDRESS``) Ray and run the application.
 
     config: a validated ``ServeConfig``. The gateway answers on ``host:port``; with the
-    direct ingress modes Ray's proxy listens on another free port (``proxy_url``).
+    ``nudgeserve`` and direct ingress modes Ray's proxy listens on another free port
+    (``proxy_url``).
     Returns once ``/v2/health/ready`` answers.
     """
     from nudgeserve.serve.engine.describe import describe
@@ -214,6 +222,7 @@ def start_local(
             _metrics_export_port=free_port() if address is None else None,
         )
     proxy_port = port if ingress == "proxy" else free_port(host)
+    listen = (host, port) if ingress == "nudgeserve" else None
     server = LocalServer(
         url=f"http://{host}:{port}",
         proxy_url=f"http://{host}:{proxy_port}",
@@ -227,8 +236,11 @@ def start_local(
         config=config,
     )
     try:
+        from nudgeserve.serve.ray.deployments import clear_drain
+
+        clear_drain()  # a drain request left by an earlier run on this cluster
         serve.start(http_options={"host": host, "port": proxy_port})
-        serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(config, listen=listen), name=APP_NAME, route_prefix="/")
         wait_ready(_client_url(server.url), ready_timeout_s)
     except BaseException:
         server.stop()
