@@ -86,8 +86,9 @@ class AutotuneResult:
     """What ``autotune()`` did.
 
     status: ``measured`` (measured now), ``cache`` (read from the cache file), ``disabled``
-        (``NUDGESERVE_KERNEL_AUTOTUNE=0``) or ``overridden`` (the environment or the profile
-        names every hot-path op's backend, so nothing was measured).
+        (``NUDGESERVE_KERNEL_AUTOTUNE=0``), ``overridden`` (the environment or the profile
+        names every hot-path op's backend, so nothing was measured) or ``failed`` (a
+        backend raised while being timed: logged, and the built-in order applies).
     seconds: wall time of the call (measuring included). path: the cache file (None when
         disabled, overridden or not writable). ops: ``backend_report()`` afterwards.
     """
@@ -451,7 +452,8 @@ def autotune(force: bool = False, log: logging.Logger | None = None) -> Autotune
 
 def _autotune(force: bool, log: logging.Logger) -> tuple[str, Path | None]:
     if not enabled():
-        REGISTRY.set_tuned({}, "cache")
+        if REGISTRY.tuned():  # turned off since the last call: back to the built-in order
+            REGISTRY.set_tuned({}, "measured")
         return "disabled", None
     ops = _measured_ops()
     if all(REGISTRY.overridden(op) for op in ops):
@@ -471,7 +473,11 @@ def _autotune(force: bool, log: logging.Logger) -> tuple[str, Path | None]:
                 _apply(doc, "cache")
                 return "cache", path
         t0 = time.perf_counter()
-        timings = measure(ops)
+        try:
+            timings = measure(ops)
+        except Exception:  # a kernel failing here fails its own tests; serve regardless
+            log.warning("kernel autotune failed; using the built-in order", exc_info=True)
+            return "failed", None
         doc = {
             "format": FORMAT,
             "key": key,

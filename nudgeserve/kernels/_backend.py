@@ -1,4 +1,4 @@
-"""Choose one backend (cython / numba / numpy) per kernel op, once, at import.
+"""Choose one backend (cython / numba / numpy) per kernel op, once, on its first use.
 
 Order of precedence, highest first:
 

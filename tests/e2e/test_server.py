@@ -71,6 +71,7 @@ def test_server_and_model_metadata(client):
     meta = client.get_server_metadata()
     assert meta["name"] == "nudgeserve"
     assert {"binary_tensor_data", "model_configuration"} <= set(meta["extensions"])
+    assert isinstance(meta["kernels"], dict)  # {op: backend} of the answering process
     model = client.get_model_metadata("obd_click")
     assert model["name"] == "obd_click"
     assert [(t["name"], t["datatype"], t["shape"]) for t in model["inputs"]] == [
@@ -349,4 +350,5 @@ def test_metrics_in_prometheus_format(server):
         time.sleep(1)
     assert headers["content-type"].startswith("text/plain")
     assert "# TYPE ray_nudgeserve_request_latency_seconds histogram" in text
+    assert "# TYPE nudgeserve_kernel_backend gauge" in text
     assert 'code="400"' in text or 'code="404"' in text or 'code="413"' in text

@@ -155,7 +155,7 @@ def test_parallel_paths_match_reference(backend, n_buckets):
 def test_examples_agree_with_reference(backend, op):
     impl = _impl(op, backend)
     reference = REGISTRY.implementations(op)["numpy"]
-    for size in ("small", "typical"):
+    for size in ("small", "batch", "typical", "large"):
         args, kwargs = REGISTRY.example(op, size)
         np.testing.assert_array_equal(impl(*args, **kwargs), reference(*args, **kwargs))
 

@@ -118,7 +118,7 @@ def test_parallel_rows_equal_serial(backend):
 @backend_param
 def test_backend_runs_its_registered_examples(backend):
     impl = _impl(backend)
-    for size in ("small", "typical"):
+    for size in ("small", "batch", "typical", "large"):
         args, kwargs = REGISTRY.example("topk", size)
         scores, k, mask = args[:3]
         _assert_same(impl(*args, **kwargs), topk_ref(scores, k, mask))

@@ -164,7 +164,7 @@ def test_parallel_paths_match_reference(backend):
 @pytest.mark.parametrize("op", ["standardize", "clip", "log1p", "bucketize"])
 def test_examples_agree_with_reference(backend, op):
     impl = _impl(op, backend)
-    for size in ("small", "typical"):
+    for size in ("small", "batch", "typical", "large"):
         args, kwargs = REGISTRY.example(op, size)
         *inputs, out, n_threads = args
         want = _ref(op)(*inputs, np.empty_like(out), n_threads)
