@@ -173,6 +173,9 @@ def _num_list(value: Any, name: str, errors: type[Exception]) -> None:
         raise errors(f"{name} must be a list of numbers, got {type(value).__name__}")
 
 
+_STR = {str}
+
+
 def validate_decision(rec: DecisionRecord) -> None:
     """Raise ``InvalidDecisionRecordType`` / ``InvalidDecisionRecord`` naming the field.
 
@@ -212,11 +215,11 @@ def validate_decision(rec: DecisionRecord) -> None:
             raise InvalidDecisionRecordType(
                 f"record.{name} must be a list of str, got {type(v).__name__}"
             )
-        for x in v:
-            if type(x) is not str:
-                raise InvalidDecisionRecordType(
-                    f"record.{name} must contain only str, found {type(x).__name__}"
-                )
+        types = set(map(type, v))  # one C-level pass (this runs for every decision)
+        if types - _STR:
+            raise InvalidDecisionRecordType(
+                f"record.{name} must contain only str, found {(types - _STR).pop().__name__}"
+            )
     k = len(rec.actions)
     if k == 0:
         raise InvalidDecisionRecord("record.actions must not be empty")
@@ -243,9 +246,9 @@ def validate_decision(rec: DecisionRecord) -> None:
         for p in rec.propensities:
             if not 0.0 < p <= 1.0:
                 raise InvalidDecisionRecord(f"record.propensities must be in (0, 1], got {p!r}")
-        for f in rec.features:
-            # NaN features are allowed (a missing signal), strings are not.
-            math.isnan(f)
+        # NaN features are allowed (a missing signal), strings are not: summing raises
+        # TypeError on anything but numbers, in one C-level pass.
+        sum(rec.features, 0.0)
     except TypeError as exc:
         raise InvalidDecisionRecordType(
             f"record.scores/propensities/features must hold numbers: {exc}"

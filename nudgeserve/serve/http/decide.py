@@ -132,6 +132,9 @@ class DecisionService:
         self._encoders = {JSON: msgspec.json.Encoder(), MSGPACK: msgspec.msgpack.Encoder()}
         self._batch_decoders = decoders(BatchDecideRequest)
         self._index = {name: _catalog_index(info) for name, info in infos.items()}
+        # The same, also keyed by the int form of numeric ids (7 and "7" name one item),
+        # so the common case looks ids up without converting each to text.
+        self._fast_index = {name: _fast_index(index) for name, index in self._index.items()}
 
     # -- decode and validate --------------------------------------------------------------
 
@@ -256,6 +259,9 @@ class DecisionService:
             raise InvalidRequest(
                 "must not be empty (omit it to use the whole catalog)", "candidates"
             )
+        fast = self._catalog_candidates(info, request.candidates)
+        if fast is not None:
+            return fast, (), ()
         chosen: list[int] = []
         inline = []
         inline_ids: list[Any] = []
@@ -297,6 +303,16 @@ class DecisionService:
             inline.append(f)
             inline_ids.append(cand.id)
         return np.asarray(chosen, dtype=np.int64), tuple(inline), tuple(inline_ids)
+
+    def _catalog_candidates(self, info: UseCaseInfo, candidates: Any) -> np.ndarray | None:
+        """The common case in one comprehension: every candidate a distinct catalog id
+        without features. None when any is not: the per-candidate checks then find (and
+        name) the problem."""
+        get = self._fast_index[info.name].get
+        chosen = [get(c.id) if c.features is None else None for c in candidates]
+        if None in chosen or len(set(chosen)) != len(chosen):
+            return None
+        return np.array(chosen, dtype=np.int64)
 
     def _exclusions(
         self,
@@ -461,6 +477,14 @@ class DecisionService:
 def _key(item_id: Any) -> Any:
     """Ids compare as text so ``7`` and ``"7"`` name the same catalog item."""
     return str(item_id)
+
+
+def _fast_index(index: dict[str, int]) -> dict[Any, int]:
+    out: dict[Any, int] = dict(index)
+    for key, j in index.items():
+        if key.isdigit() and str(int(key)) == key:
+            out[int(key)] = j
+    return out
 
 
 def _catalog_index(info: UseCaseInfo) -> dict[Any, int]:

@@ -107,7 +107,7 @@ def test_tagged_sections_decode_to_their_types():
         (
             {**MINIMAL, "server": {"ingress": "fast"}},
             "server.ingress",
-            ["'fast'", "direct, proxy, throughput_optimized"],
+            ["'fast'", "direct, nudgeserve, proxy, throughput_optimized"],
         ),
         (
             {**MINIMAL, "server": {"max_body_bytes": 10}},
