@@ -30,6 +30,8 @@ ENV_DIRECT_INGRESS_MIN_HTTP_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
 ENV_DIRECT_INGRESS_MAX_HTTP_PORT = "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"
 # How often Ray's processes push metrics to the node's exporter (ms).
 ENV_METRICS_REPORT_INTERVAL_MS = "RAY_metrics_report_interval_ms"
+# Niceness of Ray's worker processes (Ray's default: 15).
+ENV_WORKER_NICENESS = "RAY_worker_niceness"
 # The admin token of admin routes (POST /v1/models/{m}/load); wins over the config's.
 ENV_ADMIN_TOKEN = "NUDGESERVE_ADMIN_TOKEN"
 # Where gateway replicas deployed with `serve deploy` serve HTTP (ingress: nudgeserve).

@@ -174,7 +174,9 @@ class Checkpointer:
         self.interval_s = interval_s
         self.checkpoints = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="decision-log-checkpoint", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="decision-log-checkpoint", daemon=True
+        )
         self._thread.start()
 
     def _run(self) -> None:

@@ -8,8 +8,8 @@ model that takes a millisecond); under load batches grow by themselves, which is
 keeps throughput up. The batch function must keep the batch invariant (a row's answer
 does not depend on its batch-mates; ``engine.batch_engine``).
 
-The batcher also predicts how long a new call would wait before its answer: the rest of
-the running batch plus the batches queued ahead of it, from a service-time model
+The batcher also predicts how long a new call would wait before its batch starts: the
+rest of the running batch plus the full batches queued ahead of it, from a service-time model
 ``a + b * n`` fitted online (exponentially weighted least squares over recent batches).
 Admission control (``http.admission``) refuses a request whose predicted wait exceeds the
 latency budget, so accepted requests keep a bounded latency under any offered load.
@@ -44,6 +44,10 @@ class ServiceModel:
         self.a, self.b = a, b
 
     def add(self, n: int, seconds: float) -> None:
+        # One outlier (a first call that creates an actor, a pause of the process) must
+        # not make every later prediction huge: an observation counts at most 4x the
+        # current prediction (a real change of cost is still followed, 4x per batch).
+        seconds = min(seconds, max(4.0 * self.seconds(n), 0.001))
         d = 1.0 - _DECAY
         self._sw = self._sw * d + 1.0
         self._sn = self._sn * d + n
@@ -101,15 +105,12 @@ class MicroBatcher(Generic[T, R]):
         return len(self._queue)
 
     def predicted_wait_s(self) -> float:
-        """How long a call made now would wait for its answer (seconds, predicted)."""
-        now = self._clock()
-        remaining = max(self._batch_end - now, 0.0) if self._running else 0.0
-        n = len(self._queue) + 1
-        full, rest = divmod(n, self.max_batch_size)
-        ahead = full * self.model.seconds(self.max_batch_size)
-        if rest:
-            ahead += self.model.seconds(rest)
-        return remaining + ahead
+        """How long a call made now would wait before its batch starts (seconds,
+        predicted): the rest of the running batch plus the full batches queued ahead of
+        it. Its own batch's service time is not counted: shedding cannot shorten it."""
+        remaining = max(self._batch_end - self._clock(), 0.0) if self._running else 0.0
+        full = len(self._queue) // self.max_batch_size
+        return remaining + full * self.model.seconds(self.max_batch_size)
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -142,9 +143,7 @@ class MicroBatcher(Generic[T, R]):
                 try:
                     results = await self.run_batch(items)
                     if len(results) != len(batch):
-                        raise RuntimeError(
-                            f"batch of {len(batch)} returned {len(results)} results"
-                        )
+                        raise RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
                 except Exception as exc:
                     for _, future, _ in batch:
                         if not future.done():

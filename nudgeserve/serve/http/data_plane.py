@@ -110,7 +110,9 @@ class DataPlane:
         gc.freeze()
         self.lag = LoopLag(self.loop)
         self.lag.start()
-        self.admission = Admission(self.predicted_wait_s, self.lag, self.budget_s, self.retry_after_s)
+        self.admission = Admission(
+            self.predicted_wait_s, self.lag, self.budget_s, self.retry_after_s
+        )
         if self.listen is not None:
             self.server = HttpServer(
                 self.router.handle,
@@ -180,5 +182,12 @@ class DataPlane:
             self.call(shutdown()).result(grace_s + 60.0)
         except Exception as exc:  # stopping must go on
             logger.warning("data plane did not stop cleanly: %r", exc)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+
+        def finish() -> None:
+            # Requests still running after the grace period are cancelled, not abandoned.
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(finish)
         self._thread.join(max(1.0, grace_s + 60.0 - (time.monotonic() - t0)))

@@ -273,7 +273,7 @@ class _Connection(asyncio.Protocol):
                         response.status_code,
                         response.raw_headers,
                         response.body,
-                        close=not keep_alive or server.draining,
+                        close=not keep_alive or (server.draining and not self.pending),
                     )
                 except Exception as exc:  # the handler answers its own errors; last resort
                     logger.error("unhandled error in the HTTP handler", exc_info=exc)
