@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import random
 import sys
 import threading
 import time
@@ -111,14 +112,34 @@ class HttpClient:
             self._local.conn = conn
         return conn
 
+    # An overloaded server answers 503 with Retry-After: wait and send again, this many
+    # times, each wait capped (a replay is a batch job, not a latency-bound client).
+    MAX_OVERLOAD_RETRIES = 20
+    MAX_RETRY_WAIT_S = 1.0
+
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        for retry in range(self.MAX_OVERLOAD_RETRIES + 1):
+            status, raw, retry_after = self._request(method, path, body)
+            if status != 503 or retry_after is None or retry == self.MAX_OVERLOAD_RETRIES:
+                return status, raw
+            time.sleep(min(retry_after, self.MAX_RETRY_WAIT_S) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _request(
+        self, method: str, path: str, body: bytes | None
+    ) -> tuple[int, bytes, float | None]:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         for attempt in (0, 1):
             conn = self._connection()
             try:
                 conn.request(method, self.base + path, body=body, headers=headers)
                 response = conn.getresponse()
-                return response.status, response.read()
+                retry_after = response.getheader("retry-after")
+                try:
+                    wait = float(retry_after) if retry_after is not None else None
+                except ValueError:
+                    wait = None
+                return response.status, response.read(), wait
             except (http.client.HTTPException, ConnectionError):
                 # A keep-alive connection the server closed: reconnect once.
                 conn.close()

@@ -169,12 +169,13 @@ def flood(url, n):
 
 
 def test_overloaded_scorer_sheds_with_503_and_retry_after(ray_session, state_dir):
-    # Each batch waits 1 s to fill; the scorer takes 2 at a time and its callers queue 1
-    # more: the rest are refused at once instead of waiting.
+    # Batches of one (the gateway batches before the hop: with larger batches the ten
+    # requests would be one call), each waiting 1 s for batch-mates; the scorer takes 2
+    # at a time and its callers queue 1 more: the rest are refused at once.
     config = with_obd(
         default_config(),
         state_dir,
-        batching=Batching(max_batch_size=64, batch_wait_timeout_s=1.0),
+        batching=Batching(max_batch_size=1, batch_wait_timeout_s=1.0),
         deployment=DeploymentSettings(
             autoscaling=Autoscaling(min_replicas=1, max_replicas=1),
             max_ongoing_requests=2,

@@ -95,8 +95,10 @@ class ServerSettings(Settings):
         variables of ``ray start``.
     admission: admission control by latency budget (``AdmissionSettings``).
     placement: ``separate`` runs one deployment per use case (own replicas, GPUs,
-        autoscaling) behind the gateway; ``colocated`` runs the use cases' batched
-        scorers inside the gateway replica (one process hop fewer).
+        autoscaling) behind the gateway, which batches requests before the hop;
+        ``colocated`` runs the use cases' batched scorers inside the gateway replica (one
+        process hop fewer); ``auto`` (default): ``separate`` when any use case has a GPU
+        or may run more than one replica, else ``colocated``.
     max_body_bytes: larger request bodies get 413 (checked again after decompression).
     request_timeout_s: a request still waiting for its batch after this gets 503.
     admin_token: the token admin routes (``POST /v1/models/{m}/load``) require as
@@ -106,7 +108,7 @@ class ServerSettings(Settings):
     """
 
     ingress: Literal["nudgeserve", "proxy", "direct", "throughput_optimized"] = "nudgeserve"
-    placement: Literal["separate", "colocated"] = "colocated"
+    placement: Literal["auto", "separate", "colocated"] = "auto"
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 8 << 20
     request_timeout_s: PositiveFloat = 10.0
     admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None

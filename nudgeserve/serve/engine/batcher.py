@@ -75,7 +75,8 @@ class MicroBatcher(Generic[T, R]):
 
     max_wait_s: how long an idle batcher waits for batch-mates before it starts a batch
     (0: the next turn of the loop; calls arriving while a batch runs never wait for a
-    timer). on_batch: called after each batch with (size, queue waits in seconds,
+    timer). concurrency: batches run at once (1 for work on this loop; more for a batch
+    that is a call to other processes, e.g. model replicas behind a handle). on_batch: called after each batch with (size, queue waits in seconds,
     service seconds) for metrics.
     """
 
@@ -85,6 +86,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int,
         *,
         max_wait_s: float = 0.0,
+        concurrency: int = 1,
         on_batch: Callable[[int, list[float], float], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -93,6 +95,10 @@ class MicroBatcher(Generic[T, R]):
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
         self.model = ServiceModel()
         self._queue: collections.deque[tuple[T, asyncio.Future, float]] = collections.deque()
         self._running = False
@@ -137,28 +143,42 @@ class MicroBatcher(Generic[T, R]):
                         batch.append(entry)
                 if not batch:
                     continue
-                start = self._clock()
-                self._batch_end = start + self.model.seconds(len(batch))
-                items = [entry[0] for entry in batch]
-                try:
-                    results = await self.run_batch(items)
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
-                except Exception as exc:
-                    for _, future, _ in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for (_, future, _), result in zip(batch, results, strict=True):
-                        if not future.done():
-                            future.set_result(result)
-                end = self._clock()
-                self.model.add(len(batch), end - start)
-                if self._on_batch is not None:
-                    self._on_batch(len(batch), [start - entry[2] for entry in batch], end - start)
+                if self.concurrency == 1:
+                    await self._run(batch)
+                    continue
+                if self._slots is None:
+                    self._slots = asyncio.Semaphore(self.concurrency)
+                await self._slots.acquire()
+                asyncio.get_running_loop().create_task(self._run_and_release(batch))
         finally:
             self._running = False
 
+    async def _run_and_release(self, batch: list[tuple[T, asyncio.Future, float]]) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            self._slots.release()  # type: ignore[union-attr]
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future, float]]) -> None:
+        start = self._clock()
+        self._batch_end = start + self.model.seconds(len(batch))
+        items = [entry[0] for entry in batch]
+        try:
+            results = await self.run_batch(items)
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
+        except Exception as exc:
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future, _), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        end = self._clock()
+        self.model.add(len(batch), end - start)
+        if self._on_batch is not None:
+            self._on_batch(len(batch), [start - entry[2] for entry in batch], end - start)
 
 def predicted_wait_s(batchers: list[Any]) -> float:
     """The longest predicted wait among ``batchers`` (0 for none)."""

@@ -211,6 +211,15 @@ class UseCaseScorer:
         finally:
             self._waiting -= 1
 
+    async def decide_many(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        """A gateway's micro-batch in one call (placement ``separate``): its items join
+        this replica's batches with those of every other gateway."""
+        return list(await asyncio.gather(*(self.decide(item) for item in items)))
+
+    async def infer_many(self, requests: list[dict[str, Any]]) -> list[InferOutcome]:
+        """``decide_many`` for KServe v2 inference."""
+        return list(await asyncio.gather(*(self.infer(r) for r in requests)))
+
     def _queue_times(self, size: int, waits: list[float], service_s: float) -> None:
         observe = self.metrics.queue_time.observe
         for wait in waits:
@@ -332,19 +341,34 @@ class UseCaseScorer:
 
 
 class _Remote:
-    """A use-case deployment reached through its handle (placement ``separate``)."""
+    """A use-case deployment reached through its handle (placement ``separate``).
+
+    Requests are batched before the hop: the gateway's own micro-batcher coalesces them
+    into one ``decide_many``/``infer_many`` call per batch (one Ray call, not one per
+    request), and the deployment's replicas batch those across gateways."""
 
     # Scored in the deployment's own replicas: no engine in this process.
     engine = None
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, max_batch_size: int = 64, in_flight: int = 8) -> None:
         self.handle = handle
+        # Several batches in flight, so more than one replica gets work.
+        self.batchers = {
+            "decide": MicroBatcher(self._decide_many, max_batch_size, concurrency=in_flight),
+            "infer": MicroBatcher(self._infer_many, max_batch_size, concurrency=in_flight),
+        }
+
+    async def _decide_many(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
+        return await self.handle.decide_many.remote(items)
+
+    async def _infer_many(self, requests: list[dict[str, Any]]) -> list[InferOutcome]:
+        return await self.handle.infer_many.remote(requests)
 
     async def decide(self, item: DecisionItem) -> DecisionOutcome:
-        return await self.handle.decide.remote(item)
+        return await self.batchers["decide"].submit(item)
 
     async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
-        return await self.handle.infer.remote(inputs)
+        return await self.batchers["infer"].submit(inputs)
 
     async def decide_units(self, *args: Any) -> UnitsOutcome:
         return await self.handle.decide_units.remote(*args)
@@ -388,7 +412,9 @@ class Gateway:
             scorers: dict[str, Any] = {}
             for settings in config.use_cases:
                 if settings.name in handles:
-                    scorers[settings.name] = _Remote(handles[settings.name])
+                    scorers[settings.name] = _Remote(
+                        handles[settings.name], settings.batching.max_batch_size
+                    )
                 else:
                     scorers[settings.name] = UseCaseScorer(settings, config, self.log)
             router = Router(

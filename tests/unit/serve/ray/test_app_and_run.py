@@ -13,7 +13,13 @@ from nudgeserve.commands import run as run_command
 from nudgeserve.serve import _env
 from nudgeserve.serve.config import Autoscaling, DeploymentSettings, default_config
 from nudgeserve.serve.errors import ConfigError
-from nudgeserve.serve.ray.app import app_builder, build_app, deployment_options, resolve_gpus
+from nudgeserve.serve.ray.app import (
+    app_builder,
+    build_app,
+    deployment_options,
+    resolve_gpus,
+    resolve_placement,
+)
 from nudgeserve.serve.ray.local import prepare_environment
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -155,3 +161,43 @@ def test_run_refuses_a_port_in_use(capsys):
         assert not port_is_free("127.0.0.1", port)
         assert run_command.run(args(port=port, check=False)) == 2
     assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
+
+
+def test_auto_placement_separates_use_cases_with_a_gpu_or_several_replicas():
+    import msgspec
+
+    config = default_config()
+    assert config.server.placement == "auto"
+    assert resolve_placement(config, has_gpus=False) == "colocated"
+    assert resolve_placement(config, has_gpus=True) == "separate"  # num_gpus: auto
+    obd = config.use_cases[0]
+    scaled = msgspec.structs.replace(
+        obd,
+        deployment=msgspec.structs.replace(
+            obd.deployment, autoscaling=Autoscaling(min_replicas=1, max_replicas=3)
+        ),
+    )
+    config2 = msgspec.structs.replace(config, use_cases=(scaled, *config.use_cases[1:]))
+    assert resolve_placement(config2, has_gpus=False) == "separate"
+    fixed = msgspec.structs.replace(
+        config2, server=msgspec.structs.replace(config2.server, placement="colocated")
+    )
+    assert resolve_placement(fixed, has_gpus=True) == "colocated"
+
+
+def test_local_ray_workers_run_at_normal_priority(tmp_path, monkeypatch):
+    monkeypatch.delenv(_env.ENV_WORKER_NICENESS, raising=False)
+    for name in ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    import os
+
+    saved = dict(os.environ)
+    try:
+        prepare_environment("nudgeserve", 8000, tmp_path)
+        assert os.environ[_env.ENV_WORKER_NICENESS] == "0"
+        # Our data plane owns the port: Ray's direct ingress stays off.
+        assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
