@@ -267,6 +267,8 @@ def running(
     if system == "ours":
         cmd = [sys.executable, "-m", "nudgeserve.cli", "run", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--ray-temp-dir", str(REPO_ROOT / ".ray" / "lbours")]
+        # Its own decision log in the run's directory, not the user's .state.
+        cmd += ["--state-dir", str(run_dir / "ours-state")]
         if args.config:
             cmd += ["--config", str(args.config)]
         server = ManagedServer(

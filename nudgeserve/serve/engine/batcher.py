@@ -98,7 +98,7 @@ class MicroBatcher(Generic[T, R]):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.concurrency = concurrency
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = asyncio.Semaphore(concurrency)
         self.model = ServiceModel()
         self._queue: collections.deque[tuple[T, asyncio.Future, float]] = collections.deque()
         self._running = False
@@ -146,8 +146,6 @@ class MicroBatcher(Generic[T, R]):
                 if self.concurrency == 1:
                     await self._run(batch)
                     continue
-                if self._slots is None:
-                    self._slots = asyncio.Semaphore(self.concurrency)
                 await self._slots.acquire()
                 asyncio.get_running_loop().create_task(self._run_and_release(batch))
         finally:
@@ -157,7 +155,7 @@ class MicroBatcher(Generic[T, R]):
         try:
             await self._run(batch)
         finally:
-            self._slots.release()  # type: ignore[union-attr]
+            self._slots.release()
 
     async def _run(self, batch: list[tuple[T, asyncio.Future, float]]) -> None:
         start = self._clock()
@@ -179,6 +177,7 @@ class MicroBatcher(Generic[T, R]):
         self.model.add(len(batch), end - start)
         if self._on_batch is not None:
             self._on_batch(len(batch), [start - entry[2] for entry in batch], end - start)
+
 
 def predicted_wait_s(batchers: list[Any]) -> float:
     """The longest predicted wait among ``batchers`` (0 for none)."""

@@ -132,9 +132,6 @@ class DecisionService:
         self._encoders = {JSON: msgspec.json.Encoder(), MSGPACK: msgspec.msgpack.Encoder()}
         self._batch_decoders = decoders(BatchDecideRequest)
         self._index = {name: _catalog_index(info) for name, info in infos.items()}
-        # The same, also keyed by the int form of numeric ids (7 and "7" name one item),
-        # so the common case looks ids up without converting each to text.
-        self._fast_index = {name: _fast_index(index) for name, index in self._index.items()}
 
     # -- decode and validate --------------------------------------------------------------
 
@@ -308,7 +305,7 @@ class DecisionService:
         """The common case in one comprehension: every candidate a distinct catalog id
         without features. None when any is not: the per-candidate checks then find (and
         name) the problem."""
-        get = self._fast_index[info.name].get
+        get = self._index[info.name].get
         chosen = [get(c.id) if c.features is None else None for c in candidates]
         if None in chosen or len(set(chosen)) != len(chosen):
             return None
@@ -479,16 +476,14 @@ def _key(item_id: Any) -> Any:
     return str(item_id)
 
 
-def _fast_index(index: dict[str, int]) -> dict[Any, int]:
-    out: dict[Any, int] = dict(index)
-    for key, j in index.items():
-        if key.isdigit() and str(int(key)) == key:
-            out[int(key)] = j
-    return out
-
-
 def _catalog_index(info: UseCaseInfo) -> dict[Any, int]:
-    return {_key(item_id): j for j, item_id in enumerate(info.catalog)}
+    """Catalog position by id as text, and also by the int form of numeric ids (7 and "7"
+    name one item), so the common case looks ids up without converting each to text."""
+    index: dict[Any, int] = {_key(item_id): j for j, item_id in enumerate(info.catalog)}
+    for key, j in list(index.items()):
+        if key.isdigit() and str(int(key)) == key:
+            index[int(key)] = j
+    return index
 
 
 def _describe_catalog(info: UseCaseInfo) -> str:

@@ -72,16 +72,13 @@ class Headers(dict):
 class Request:
     """One parsed request, with the part of Starlette's ``Request`` the router uses."""
 
-    __slots__ = ("method", "scope", "headers", "_body", "received_at")
+    __slots__ = ("method", "scope", "headers", "_body")
 
-    def __init__(
-        self, method: str, path: str, query: bytes, headers: Headers, body: bytes, t: float
-    ) -> None:
+    def __init__(self, method: str, path: str, query: bytes, headers: Headers, body: bytes) -> None:
         self.method = method
         self.scope = {"type": "http", "path": path, "query_string": query}
         self.headers = headers
         self._body = body
-        self.received_at = t
 
     async def body(self) -> bytes:
         return self._body
@@ -125,6 +122,9 @@ class _Connection(asyncio.Protocol):
         "transport",
         "parser",
         "url",
+        "method",
+        "path",
+        "query",
         "headers",
         "body",
         "size",
@@ -149,6 +149,9 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
+        self.method = ""
+        self.path = ""
+        self.query = b""
         self.headers = Headers()
         self.body: list[bytes] = []
         self.size = 0
@@ -202,7 +205,9 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         server = self.server
-        method = self.parser.get_method().decode("ascii", "replace")
+        self.method = self.parser.get_method().decode("ascii", "replace")
+        path, _, self.query = self.url.partition(b"?")
+        self.path = path.decode("latin-1")
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > server.max_body:
             # Refused before the body is read: answer now, read no more of this connection.
@@ -211,8 +216,7 @@ class _Connection(asyncio.Protocol):
         if server.draining:
             self.refused = server.draining_answer
             return
-        path = self.url.split(b"?", 1)[0].decode("latin-1")
-        self.refused = server.admit(method, path)
+        self.refused = server.admit(self.method, self.path)
 
     def on_body(self, chunk: bytes) -> None:
         if self.refused is not None:
@@ -232,16 +236,8 @@ class _Connection(asyncio.Protocol):
         if refused is not None:
             self.pending.append((None, refused, keep_alive))
         else:
-            url = self.url
-            path, _, query = url.partition(b"?")
-            request = Request(
-                self.parser.get_method().decode("ascii", "replace"),
-                path.decode("latin-1"),
-                query,
-                self.headers,
-                b"".join(self.body) if len(self.body) != 1 else self.body[0],
-                server.loop.time(),
-            )
+            body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+            request = Request(self.method, self.path, self.query, self.headers, body)
             self.pending.append((request, None, keep_alive))
         if len(self.pending) >= MAX_PIPELINED and not self.paused and self.transport is not None:
             self.paused = True

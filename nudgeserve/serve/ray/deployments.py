@@ -448,7 +448,6 @@ class Gateway:
             scope.get("query_string", b""),
             {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
             body,
-            0.0,
         )
         return await asyncio.wrap_future(self.plane.call(self.router.handle(lean)))
 
