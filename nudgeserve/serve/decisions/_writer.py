@@ -18,8 +18,8 @@ thread sits in a handler. The queue bound is checked with ``qsize()`` by the pro
 
 WAL checkpoints: SQLite's automatic checkpoint runs inside the COMMIT that crosses 1,000
 WAL pages, copying the WAL into the database while that commit (and every decision
-waiting for it) waits: measured, it was the whole p99 of ``/v1/decide`` (p99 18 ms vs
-4.8 ms without it at 1,000 decisions/s). The writer's connection turns it off
+waiting for it) waits: profiling under open-loop load showed it as the tail of
+``/v1/decide``. The writer's connection turns it off
 (``wal_autocheckpoint = 0``) and a checkpointer thread with its own connection runs
 ``PRAGMA wal_checkpoint(PASSIVE)`` every ``CHECKPOINT_INTERVAL_S``: a passive checkpoint
 never takes the write lock, so commits go on meanwhile.

@@ -39,8 +39,8 @@ GATEWAY_PORTS = 8
 # Ray's default is 10 s between metric exports; a local server reports every 2 s.
 LOCAL_METRICS_INTERVAL_MS = "2000"
 # Ray starts its workers at niceness 15; on a small machine a client or any other process
-# then takes the CPU from the gateway under load (measured: /v1/decide p99 at 1,000/s
-# 27 ms at 15, 9.6 ms at 0). A local server runs its workers at normal priority.
+# then takes the CPU from the gateway under load (seen as a tail of /v1/decide latency
+# while profiling). A local server runs its workers at normal priority.
 LOCAL_WORKER_NICENESS = "0"
 # A direct-ingress replica waits this long for an external load balancer to deregister it
 # before stopping (Ray's default 30 s); a local server has none, so stopping is quick.
