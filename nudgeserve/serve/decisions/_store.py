@@ -33,7 +33,7 @@ import asyncio
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -95,6 +95,10 @@ def decision_row(rec: DecisionRecord) -> DecisionRow:
     )
 
 
+async def _nothing() -> None:
+    """An awaitable that is already complete (nothing was queued)."""
+
+
 def _stop_writer(writer: GroupCommitWriter, timeout: float) -> bool:
     return writer.stop(timeout)
 
@@ -146,13 +150,25 @@ class DecisionLog:
 
     async def append_async(self, record: DecisionRecord) -> None:
         """``append`` for an event loop: awaits the commit without blocking the loop."""
-        await self._append_rows_async([decision_row(record)])
+        await self._queue_rows_async([decision_row(record)])
 
     async def append_many_async(self, records: Sequence[DecisionRecord]) -> None:
         """``append_many`` for an event loop."""
+        await self.queue_many(records)
+
+    def queue_many(self, records: Sequence[DecisionRecord]) -> Awaitable[None]:
+        """Queue a batch of decisions now and return the wait for their commit.
+
+        What ``append_many_async`` does, in two steps: validation, a full queue
+        (``DecisionLogOverloaded``) and a closed log raise here, at once; the returned
+        awaitable (await it on this event loop) completes when the records are committed,
+        or raises what failed the write. Between the two the caller may go on, e.g. score
+        the next batch while the writer commits this one.
+        """
         rows = [decision_row(r) for r in records]
-        if rows:
-            await self._append_rows_async(rows)
+        if not rows:
+            return _nothing()
+        return self._queue_rows_async(rows)
 
     def _append_rows(self, rows: list[DecisionRow]) -> None:
         waiter = SyncWaiter(self._early_ack)
@@ -163,18 +179,25 @@ class DecisionLog:
             if waiter.error is not None:
                 raise waiter.error
 
-    async def _append_rows_async(self, rows: list[DecisionRow]) -> None:
+    def _queue_rows_async(self, rows: list[DecisionRow]) -> Awaitable[None]:
         if self._early_ack:
             # Nobody awaits the commit: a raw-lock waiter costs the loop no wake-up.
             sync_waiter = SyncWaiter(early_ack=True)
             if self._submit(DECISIONS, rows, sync_waiter, len(rows)):
-                await self._confirm_async(sync_waiter)
-                if sync_waiter.error is not None:
-                    raise sync_waiter.error
-            return
+                return self._confirm_raising(sync_waiter)
+            return _nothing()
         waiter = AsyncWaiter(asyncio.get_running_loop())
         if self._submit(DECISIONS, rows, waiter, len(rows)):
-            await self._confirm_async(waiter)
+            return self._confirm_then(waiter)
+        return waiter.future
+
+    async def _confirm_raising(self, waiter: SyncWaiter) -> None:
+        await self._confirm_async(waiter)
+        if waiter.error is not None:
+            raise waiter.error
+
+    async def _confirm_then(self, waiter: AsyncWaiter) -> None:
+        await self._confirm_async(waiter)
         await waiter.future
 
     # -- feedback -----------------------------------------------------------------------

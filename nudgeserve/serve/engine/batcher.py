@@ -110,6 +110,11 @@ class MicroBatcher(Generic[T, R]):
         """Calls waiting for a batch (not counting the running one)."""
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """No batch is running and no call waits for one."""
+        return not self._running and not self._queue
+
     def predicted_wait_s(self) -> float:
         """How long a call made now would wait before its batch starts (seconds,
         predicted): the rest of the running batch plus the full batches queued ahead of

@@ -66,9 +66,11 @@ class UseCaseScorer:
     ``separate``), an open ``DecisionLog`` shared with the gateway (``colocated``), or
     None: decisions are not logged.
 
-    Every decision of a batch is committed to the log (``append_many_async``) before any
-    answer of the batch is returned; if that fails, every request of the batch fails
-    with ``DecisionNotLogged`` (503): a decision is never answered without its record.
+    Every decision of a batch is committed to the log before any answer of the batch is
+    returned; if that fails, every request of the batch fails with ``DecisionNotLogged``
+    (503): a decision is never answered without its record. The batch itself ends when its
+    records are queued (``DecisionLog.queue_many``), so the next batch scores while the
+    log writer commits this one.
 
     ``load_model`` swaps in another checkpoint without failing a request: the new engine
     loads and warms up in a worker thread while batches keep running on the old one,
@@ -113,7 +115,7 @@ class UseCaseScorer:
                 max_wait_s=batching.batch_wait_timeout_s,
                 on_batch=self._queue_times,
             )
-            for method, run in (("decide", self.decide_and_log), ("infer", self._infer_batch))
+            for method, run in (("decide", self._decide_batch), ("infer", self._infer_batch))
         }
 
     def _build(self, settings: UseCase):
@@ -199,9 +201,13 @@ class UseCaseScorer:
             self.watch.poke()
         self._waiting += 1
         try:
-            return await self.batchers["decide"].submit(item)
+            outcome, committed = await self.batchers["decide"].submit(item)
         finally:
             self._waiting -= 1
+        if committed is not None:
+            # The batch is over (the next one may be scoring); its records are committing.
+            await committed
+        return outcome
 
     async def infer(self, inputs: dict[str, Any]) -> InferOutcome:
         """KServe v2 outputs for one request's rows (joins the current batch)."""
@@ -232,6 +238,25 @@ class UseCaseScorer:
     async def decide_and_log(self, items: list[DecisionItem]) -> list[DecisionOutcome]:
         """One batch: score and select, then commit every decision to the log; raises
         (failing the whole batch) rather than return a decision that is not logged."""
+        outcomes, committed = await self.decide_and_queue(items)
+        if committed is not None:
+            await committed
+        return outcomes
+
+    async def _decide_batch(self, items: list[DecisionItem]) -> list[tuple[Any, Any]]:
+        # The batcher's batch ends when the records are queued, not committed: the next
+        # batch scores while the log writer commits this one (each request still waits
+        # for its commit in ``decide``).
+        outcomes, committed = await self.decide_and_queue(items)
+        return [(outcome, committed) for outcome in outcomes]
+
+    async def decide_and_queue(
+        self, items: list[DecisionItem]
+    ) -> tuple[list[DecisionOutcome], asyncio.Future | None]:
+        """Score and select one batch and queue its records on the log; returns the
+        outcomes and a future of their commit (None without a log). Await it before
+        answering: it raises ``DecisionNotLogged`` when the records could not be
+        committed. A full log queue raises ``Overloaded`` here, failing the batch."""
         # One engine per batch, even if a reload swaps it meanwhile.
         engine, records = self.current
         engine.set_bandit_snapshot(self.feed.snapshot())
@@ -240,13 +265,14 @@ class UseCaseScorer:
             outcomes = await asyncio.to_thread(engine.decide_batch, items)
         else:
             outcomes = engine.decide_batch(items)
+        committed = None
         if self.log is not None:
-            await self._log(records, items, outcomes)
+            committed = self._queue_log(records, items, outcomes)
             self.metrics.log_queue.set(self.log.stats().queue_depth, tags=self._tags)
         if self.feed.client is not None:
             self.metrics.learner_staleness.set(self.feed.staleness_s(), tags=self._tags)
         self._record(outcomes[0].times if outcomes else None, "decide")
-        return outcomes
+        return outcomes, committed
 
     async def decide_units(
         self,
@@ -294,19 +320,21 @@ class UseCaseScorer:
                 ) from None
         return UnitsOutcome(results, info.version, info.checkpoint_id)
 
-    async def _log(
+    def _queue_log(
         self, builder: RecordBuilder, items: list[DecisionItem], outcomes: list[DecisionOutcome]
-    ) -> None:
+    ) -> asyncio.Future:
         try:
             records = builder.records(items, outcomes, time.time())
-            await self.log.append_many_async(records)
+            pending = self.log.queue_many(records)
         except Overloaded:
             raise  # the log's queue is full: 503 with Retry-After, as any full queue
         except Exception as exc:
-            logger.error("decision log refused a batch of %d decisions", len(items), exc_info=exc)
-            raise DecisionNotLogged(
-                f"the decision could not be logged ({type(exc).__name__}: {exc}); it was not served"
-            ) from None
+            raise _not_logged(exc, len(items)) from None
+        committed = asyncio.ensure_future(_committed(pending, len(items)))
+        # Every request of the batch awaits it; if all of them were cancelled meanwhile,
+        # the outcome is still taken (no "exception never retrieved").
+        committed.add_done_callback(_take_outcome)
+        return committed
 
     def close(self) -> None:
         """Stop the learner feed and drain and close the decision log this scorer owns
@@ -338,6 +366,27 @@ class UseCaseScorer:
         m.stage_latency.observe(times.model_s, tags={"use_case": name, "stage": "model"})
         if method == "decide":
             m.stage_latency.observe(times.select_s, tags={"use_case": name, "stage": "select"})
+
+
+async def _committed(pending: Any, n: int) -> None:
+    try:
+        await pending
+    except Overloaded:
+        raise
+    except Exception as exc:
+        raise _not_logged(exc, n) from None
+
+
+def _not_logged(exc: BaseException, n: int) -> DecisionNotLogged:
+    logger.error("decision log refused a batch of %d decisions", n, exc_info=exc)
+    return DecisionNotLogged(
+        f"the decision could not be logged ({type(exc).__name__}: {exc}); it was not served"
+    )
+
+
+def _take_outcome(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _Remote:

@@ -132,6 +132,33 @@ def test_full_queue_sheds_load_then_recovers(open_log, db_path):
     assert stored_ids(db_path) == set(accepted)
 
 
+def test_queue_many_queues_at_once_and_its_wait_ends_at_the_commit(open_log, db_path):
+    log = open_log(durability="commit", max_queue=2)
+    lock = HeldWriteLock(db_path)
+
+    async def main():
+        waits, queued = [], set()
+        # Batches are queued at the call (the caller goes on) and none is committed:
+        # the writer cannot take the lock. Past max_queue waiting items the call itself
+        # refuses the batch, before anything is awaited.
+        with pytest.raises(DecisionLogOverloaded, match="max_queue"):
+            for i in range(10):
+                batch = sample_decisions(3, prefix=f"b{i}-")
+                waits.append(log.queue_many(batch))
+                queued |= {r.decision_id for r in batch}
+                await asyncio.sleep(0.05)
+        assert 2 <= len(waits) <= 4
+        pending = asyncio.gather(*waits)
+        await asyncio.sleep(0.1)
+        assert not pending.done() and stored_ids(db_path) == set()
+        lock.release()
+        await pending
+        assert stored_ids(db_path) == queued
+        await log.queue_many([])  # nothing to queue: complete at once
+
+    asyncio.run(main())
+
+
 def test_close_drains_and_refuses_new_records(open_log, db_path):
     log = open_log(durability="enqueue", max_delay_ms=5000)
     recs = sample_decisions(30)

@@ -3,8 +3,8 @@ feedback through the router (statuses and codes), reloads that fail no request, 
 experiment report, holdouts and the config rules around them.
 
 Real engines on the shipped checkpoints and real SQLite decision logs in temporary
-directories; the scorer's batch logic is called directly (``decide_and_log``), since
-``@serve.batch`` needs a Ray Serve replica.
+directories; the scorer's batch logic is mostly called directly (``decide_and_log``:
+a batch of one per request), and through its micro-batcher where batching is the point.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ ADMIN = "admin-token-for-tests-0123456789"
 
 
 class DirectScorer(UseCaseScorer):
-    """A scorer whose every request is a batch of one (``@serve.batch`` needs Ray)."""
+    """A scorer whose every request is a batch of one."""
 
     async def decide(self, item):
         return (await self.decide_and_log([item]))[0]
@@ -191,6 +191,58 @@ def test_every_decision_of_a_batch_is_logged_before_it_is_answered(loop_config, 
         first = scorer.log.get_decision(pendings[0].decision_id)
         assert first.candidates == ["7", "9", "new"] and len(first.features) == 88
         assert len(scorer.log.get_decision(pendings[1].decision_id).candidates) == 79
+    finally:
+        scorer.close()
+
+
+def test_the_next_batch_scores_while_the_previous_one_commits(tmp_path):
+    """A batch ends when its records are queued on the log: with the log's write lock
+    held elsewhere, a second request is scored while the first one's commit waits, and
+    neither is answered before its record is committed."""
+    import sqlite3
+
+    config = configured(tmp_path)
+    scorer = UseCaseScorer(config.use_case("obd"), config, OWN_LOG, learner=False)
+    try:
+        service = DecisionService({"obd": scorer.engine.info}, config.experiments)
+        prepared = [
+            service.prepare(
+                service.decode(
+                    json.dumps(
+                        {"use_case": "obd", "context": {"user_features": USERS}, "k": 2}
+                    ).encode(),
+                    JSON,
+                ),
+                JSON,
+            )
+            for _ in range(2)
+        ]
+        batcher = scorer.batchers["decide"]
+
+        async def until_idle():
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                if batcher.idle:
+                    return
+            raise AssertionError("the batcher never finished its batch")
+
+        async def main():
+            lock = sqlite3.connect(scorer.log.config.path, isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")
+            first = asyncio.create_task(scorer.decide(prepared[0][0]))
+            await until_idle()
+            second = asyncio.create_task(scorer.decide(prepared[1][0]))
+            await until_idle()  # the second batch ran while the first one's commit waits
+            assert not first.done() and not second.done()
+            lock.execute("COMMIT")
+            lock.close()
+            return await asyncio.gather(first, second)
+
+        outcomes = asyncio.run(main())
+        for (_, pending), outcome in zip(prepared, outcomes, strict=True):
+            record = scorer.log.get_decision(pending.decision_id)
+            assert record is not None
+            assert record.actions == [str(a.id) for a in service.respond(pending, outcome).actions]
     finally:
         scorer.close()
 
