@@ -167,13 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             return call
 
         ups, med = _median_units_per_s(batch(True), n, args.repeats)
-        rows.append(
-            {"case": "POST /v1/decide/batch dry_run", "units_per_s": ups, "median_s": med}
-        )
+        rows.append({"case": "POST /v1/decide/batch dry_run", "units_per_s": ups, "median_s": med})
         ups, med = _median_units_per_s(batch(False), n, args.repeats)
-        rows.append(
-            {"case": "POST /v1/decide/batch (logged)", "units_per_s": ups, "median_s": med}
-        )
+        rows.append({"case": "POST /v1/decide/batch (logged)", "units_per_s": ups, "median_s": med})
         bodies = [
             encode({"use_case": args.use_case, "context": u["context"], "unit_id": u["unit_id"]})
             for u in units

@@ -73,5 +73,7 @@ def checkout_changes(
     """Human-readable lines for files created, changed or removed between two snapshots."""
     lines = [f"created  {p}" for p in sorted(after.keys() - before.keys())]
     lines += [f"removed  {p}" for p in sorted(before.keys() - after.keys())]
-    lines += [f"modified {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    lines += [
+        f"modified {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]
+    ]
     return lines

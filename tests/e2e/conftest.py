@@ -32,9 +32,16 @@ def server(tmp_path_factory):
     log = open(log_path, "wb")  # noqa: SIM115 - closed in the finalizer below
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "nudgeserve.cli", "run", "--port", str(port),
-            "--state-dir", str(tmp_path_factory.mktemp("state")),
-            "--ray-temp-dir", str(ray_temp_dir("e2e")),
+            sys.executable,
+            "-m",
+            "nudgeserve.cli",
+            "run",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(tmp_path_factory.mktemp("state")),
+            "--ray-temp-dir",
+            str(ray_temp_dir("e2e")),
         ],  # fmt: skip
         cwd=ROOT,
         env=env,
