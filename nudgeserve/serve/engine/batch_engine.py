@@ -147,6 +147,15 @@ class BatchEngine:
         t0 = time.perf_counter()
         self.scorer.warmup((1, self.settings.batching.max_batch_size))
         took["model"] = time.perf_counter() - t0
+        timings = getattr(self.scorer, "host_timings_us", None)
+        if timings:
+            logging.getLogger("ray.serve").info(
+                "model %s: NumPy host path for batches <= %d, torch above (median us, host vs "
+                "torch: %s)",
+                self.info.name,
+                self.scorer.host_max_batch,
+                ", ".join(f"{b}: {h:.0f} vs {t:.0f}" for b, (h, t) in timings.items()),
+            )
         t0 = time.perf_counter()
         for policy in self._policies():
             self.decide_batch([self.example_item(policy)])

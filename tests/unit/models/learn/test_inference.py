@@ -74,6 +74,41 @@ def test_obd_scorer_matches_training_module(obd_trained, obd_random):
         scorer.predict(features, position=3)
 
 
+def test_obd_host_path_matches_training_module(obd_trained, obd_random):
+    """The NumPy path for small CPU batches computes the module's function. rtol 1e-5:
+    both are float32 with a different summation order (a few ulp per dot product)."""
+    loaded = _loaded(obd_trained)
+    scorer = ObdScorer(loaded, device="cpu")
+    assert scorer.host is not None and scorer.host_max_batch == 0  # not measured yet
+    users, aff = obd_random.user_features[:64], obd_random.affinity[:64].copy()
+    aff[::3, ::4] = 7.0
+    features = scorer.featurizer.transform(users, aff)
+    with torch.no_grad():
+        reference = loaded.module(
+            torch.from_numpy(features.user_buckets), torch.from_numpy(features.affinity)
+        ).numpy()
+    for n in (1, 2, 5, 64):
+        got = scorer.host.predict(features.user_buckets[:n], features.affinity[:n], None)
+        assert got.shape == (n, 3, 80) and got.dtype == np.float32
+        np.testing.assert_allclose(got, reference[:n], rtol=1e-5, atol=1e-7)
+        for slot in range(3):
+            np.testing.assert_allclose(
+                scorer.host.predict(features.user_buckets[:n], features.affinity[:n], slot),
+                reference[:n, slot],
+                rtol=1e-5,
+                atol=1e-7,
+            )
+    # Warm-up measures both paths and uses the host one only where it was faster.
+    scorer.warmup((1, 64))
+    timings = scorer.host_timings_us
+    assert 1 in timings and all(h > 0 and t > 0 for h, t in timings.values())
+    assert all(timings[b][0] < timings[b][1] for b in timings if b <= scorer.host_max_batch)
+    one = features._replace(user_buckets=features.user_buckets[:1], affinity=features.affinity[:1])
+    np.testing.assert_allclose(scorer.predict(one, 0), reference[:1, 0], rtol=1e-5, atol=1e-7)
+    # The torch path on a CUDA or reduced-precision scorer: no host path.
+    assert ObdScorer(loaded, device="cpu", precision="bfloat16").host is None
+
+
 def test_obd_scorer_bfloat16_stays_close(obd_trained, obd_random):
     loaded = _loaded(obd_trained)
     exact = ObdScorer(loaded, device="cpu", precision="float32")
