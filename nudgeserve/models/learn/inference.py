@@ -198,11 +198,14 @@ class HostObdPath:
             logits = logits[:, None, :] + self.position_bias[None, :, None]
         else:
             logits += self.position_bias[position]
-        # sigmoid(x) = (1 + tanh(x / 2)) / 2: no overflow for any x.
-        logits *= 0.5
-        np.tanh(logits, out=logits)
+        # sigmoid(x) = 1 / (1 + exp(-x)), accurate to float32 rounding for the small
+        # probabilities clicks have (the tanh form loses them to cancellation). -x is
+        # capped at 88 so exp stays finite (below it the probability underflows anyway).
+        np.negative(logits, out=logits)
+        np.minimum(logits, 88.0, out=logits)
+        np.exp(logits, out=logits)
         logits += 1.0
-        logits *= 0.5
+        np.reciprocal(logits, out=logits)
         return logits
 
 
