@@ -22,6 +22,7 @@ per kernel op the gateway process has chosen (``kernel_backend_text``, from
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -82,6 +83,47 @@ class _NoOp:
 
     def set(self, value: float, tags: dict[str, str] | None = None) -> None:
         pass
+
+
+# Seconds a buffered counter or gauge keeps its values before it passes them on.
+FLUSH_INTERVAL_S = 1.0
+
+
+class _Buffered:
+    """A counter or gauge recorded in this process and passed to ``recorder`` at most
+    once per ``FLUSH_INTERVAL_S`` (and on ``flush``): a counter the sum of its
+    increments, a gauge its last value, per tag set. Recording into Ray's metrics costs
+    microseconds a call on the request path; a Prometheus scrape every few seconds sees
+    the same figures (a second later at most)."""
+
+    __slots__ = ("recorder", "kind", "pending", "due")
+
+    def __init__(self, recorder: Recorder, kind: str) -> None:
+        self.recorder = recorder
+        self.kind = kind
+        self.pending: dict[tuple, float] = {}
+        self.due = time.monotonic() + FLUSH_INTERVAL_S
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        key = tuple(tags.items()) if tags else ()
+        self.pending[key] = self.pending.get(key, 0.0) + value
+        if time.monotonic() >= self.due:
+            self.flush()
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.pending[tuple(tags.items()) if tags else ()] = value
+        if time.monotonic() >= self.due:
+            self.flush()
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
+        raise TypeError(f"a {self.kind} has no observe")
+
+    def flush(self) -> None:
+        self.due = time.monotonic() + FLUSH_INTERVAL_S
+        pending, self.pending = self.pending, {}
+        record = self.recorder.inc if self.kind == "counter" else self.recorder.set
+        for key, value in pending.items():
+            record(value, tags=dict(key))
 
 
 # Every family we record, by the ``ServeMetrics`` attribute that records it.
@@ -191,8 +233,24 @@ class ServeMetrics:
 
     def __init__(self, make_recorder: Callable[[Family], Recorder] | None = None) -> None:
         no_op = _NoOp()
+        self._buffered: list[_Buffered] = []
         for attr, family in FAMILIES.items():
-            setattr(self, attr, no_op if make_recorder is None else make_recorder(family))
+            if make_recorder is None:
+                setattr(self, attr, no_op)
+                continue
+            recorder = make_recorder(family)
+            if family.kind != "histogram":
+                # Counters and gauges are buffered (``_Buffered``); histograms record
+                # every observation.
+                recorder = _Buffered(recorder, family.kind)
+                self._buffered.append(recorder)
+            setattr(self, attr, recorder)
+
+    def flush(self) -> None:
+        """Pass every buffered counter and gauge value on now (the owner's loop calls it
+        once a second, so figures recorded just before traffic stops are not held)."""
+        for recorder in self._buffered:
+            recorder.flush()
 
 
 def filter_families(text: str, prefixes: tuple[str, ...] = EXPORTED_PREFIXES) -> str:

@@ -141,6 +141,11 @@ class DataPlane:
             m.admission.inc(shed - s0, tags={"decision": "shed"})
         self._flushed = (admitted, shed)
         m.loop_lag.set(self.lag.take_max(), tags={})
+        m.flush()
+        for scorer in self.router.scorers.values():
+            metrics = getattr(scorer, "metrics", None)
+            if metrics is not None and metrics is not m:
+                metrics.flush()
         if not self._stopped:
             self.loop.call_later(METRICS_INTERVAL_S, self._flush_metrics)
 
