@@ -495,6 +495,16 @@ class Router:
         media = headers.pop("content-type")
         return Response(payload, headers=headers, media_type=media)
 
+    def prepare_metrics(self) -> None:
+        """Import the metrics client and find the node's metrics export now, at start:
+        done by the first ``GET /metrics`` instead, the import (aiohttp builds its TLS
+        context) and the cluster lookup stalled the event loop, and every request on it,
+        for a hundred milliseconds and more."""
+        import aiohttp  # noqa: F401
+
+        if self._metrics_url is None:
+            self._metrics_url = self._find_metrics_url()
+
     async def prometheus(self) -> Response:
         import aiohttp
 

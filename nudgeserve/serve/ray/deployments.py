@@ -471,6 +471,7 @@ class Gateway:
             )
             # Reloads reach every replica through the model registry (``model_registry``).
             router.use_model_watch(watch_models(config, router.apply_model))
+            router.prepare_metrics()
             return router
 
         self.plane = DataPlane(
