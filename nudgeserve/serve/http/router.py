@@ -498,8 +498,8 @@ class Router:
     def prepare_metrics(self) -> None:
         """Import the metrics client and find the node's metrics export now, at start:
         done by the first ``GET /metrics`` instead, the import (aiohttp builds its TLS
-        context) and the cluster lookup stalled the event loop, and every request on it,
-        for a hundred milliseconds and more."""
+        context) and the cluster lookup stalled the event loop, and every request waiting
+        on it (found by sampling the loop thread's stack under open-loop load)."""
         import aiohttp  # noqa: F401
 
         if self._metrics_url is None:
