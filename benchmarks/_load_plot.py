@@ -19,6 +19,7 @@ from typing import Any
 
 COLOURS = {
     "ours": "tab:blue",
+    "ours-separate": "tab:purple",
     "plain-serve": "tab:orange",
     "triton": "tab:green",
     "bare-hop": "tab:gray",

@@ -1,7 +1,8 @@
 """End-to-end load benchmark: our server against plain Ray Serve, NVIDIA Triton and the
 ceiling of one bare Python HTTP hop, one run.
 
-    python -m benchmarks.load [--systems ours,plain-serve,triton,bare-hop] [--url URL]
+    python -m benchmarks.load [--systems ours,ours-separate,plain-serve,triton,bare-hop]
+                              [--url URL]
                               [--apis v2,decide] [--concurrency 1,8,32,64]
                               [--v2-rates 500,1000,2000]
                               [--decide-rates 500,1000,2000,3000,4000,6000]
@@ -11,6 +12,8 @@ Systems (each started here on a free loopback port, driven, then stopped, one at
 they never compete for the CPU; any subset, e.g. ``--systems bare-hop,ours``):
 
 - ``ours``: ``nudgeserve run`` (or ``--url`` of a server already running);
+- ``ours-separate``: ``nudgeserve run`` with ``server.placement: separate`` (each use case
+  its own deployment behind the gateway, batched before the hop), else the same config;
 - ``plain-serve``: one Ray Serve deployment, no ``@serve.batch``, NumPy reference
   featurization, the same model (``benchmarks/_plain_serve_app.py``);
 - ``triton``: NVIDIA Triton (PyTriton's bundled ``tritonserver``) with its dynamic batcher
@@ -37,7 +40,11 @@ bare hop's on the same API and point (``rps/bare``, ``p99/bare``: same offered r
 same concurrency). Below it, each system's *capacity* per API: the highest offered
 open-loop rate with p99 < 50 ms and no errors or unanswered requests, and its ratio to
 the bare hop's (only as fine as the rate sweep; a system that passes the sweep's top
-rate gets a lower bound). ``--json PATH`` writes every figure; the latency-throughput
+rate gets a lower bound). Then the targets, each met / missed / not measured with its
+figures, the real-time ones among them: ``/v1/decide`` open-loop p99 < 10 ms at 1,000/s
+and < 15 ms at 2,000/s, its capacity >= 4,000/s and >= two thirds of the bare hop's, v2
+infer p99 < 15 ms at 2,000/s, and ``ours-separate`` >= 85 % of ``ours``'s closed-loop
+requests/s at concurrency 32 with p99 within 1.5x. ``--json PATH`` writes every figure; the latency-throughput
 PNG (p50 dashed, p99 solid, log scale, against offered rate; one panel per API) goes to
 ``--plot PATH``, by default next to the JSON with the same stem and ``.png``.
 First use installs the Triton venv and perf_analyzer into ``.bench/`` (progress shown).
@@ -63,16 +70,31 @@ from benchmarks._load_client import HttpTarget, LoadResult, closed_loop, open_lo
 from benchmarks._load_systems import ManagedServer, free_port, http_get
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("ours", "plain-serve", "triton", "bare-hop")
+SYSTEMS = ("ours", "ours-separate", "plain-serve", "triton", "bare-hop")
 APIS = ("v2", "decide")
 # What each system serves: Triton has no decision API.
-SERVES = {"ours": APIS, "plain-serve": APIS, "triton": ("v2",), "bare-hop": APIS}
+SERVES = {
+    "ours": APIS,
+    "ours-separate": APIS,
+    "plain-serve": APIS,
+    "triton": ("v2",),
+    "bare-hop": APIS,
+}
 # Capacity: the highest offered open-loop rate whose p99 stays under this.
 CAPACITY_P99_MS = 50.0
 V2_TARGET_CONCURRENCY = 32
 V2_TARGET_RATIO = 2.0
 DECIDE_TARGET_RPS = 3000.0
 DECIDE_TARGET_P99_MS = 20.0
+# Real time under open-loop traffic (the data plane's targets): /v1/decide p99 limits at
+# offered rates, its capacity absolute and as a share of the bare hop's, v2 infer's p99
+# at a rate, and placement separate's share of colocated throughput (closed loop).
+REALTIME_DECIDE_P99_MS = {1000.0: 10.0, 2000.0: 15.0}
+REALTIME_CAPACITY_RPS = 4000.0
+REALTIME_CAPACITY_VS_BARE = 2.0 / 3.0
+REALTIME_V2_P99_MS = {2000.0: 15.0}
+SEPARATE_RPS_SHARE = 0.85
+SEPARATE_P99_RATIO = 1.5
 
 
 def log(msg: str) -> None:
@@ -264,15 +286,23 @@ def running(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
-    if system == "ours":
+    if system in ("ours", "ours-separate"):
         cmd = [sys.executable, "-m", "nudgeserve.cli", "run", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--ray-temp-dir", str(REPO_ROOT / ".ray" / "lbours")]
         # Its own decision log in the run's directory, not the user's .state.
-        cmd += ["--state-dir", str(run_dir / "ours-state")]
-        if args.config:
-            cmd += ["--config", str(args.config)]
+        cmd += ["--state-dir", str(run_dir / f"{system}-state")]
+        config = args.config
+        if system == "ours-separate":
+            config = separate_config(args.config, run_dir / "config-separate.yaml")
+        if config:
+            cmd += ["--config", str(config)]
         server = ManagedServer(
-            "nudgeserve run", cmd, base, run_dir / "ours.log", env=env, cwd=REPO_ROOT
+            f"nudgeserve run ({system})",
+            cmd,
+            base,
+            run_dir / f"{system}.log",
+            env=env,
+            cwd=REPO_ROOT,
         )
     elif system == "plain-serve":
         cmd = [
@@ -338,6 +368,19 @@ def running(
     finally:
         log(f"{system}: stopping")
         server.stop()
+
+
+def separate_config(config: Path | None, out: Path) -> Path:
+    """``config`` (default: ``configs/default.yaml``) with ``server.placement: separate``
+    (each use case its own deployment behind the gateway), written to ``out``."""
+    import yaml
+
+    raw = yaml.safe_load((config or REPO_ROOT / "configs" / "default.yaml").read_text())
+    apps = raw.get("applications") if isinstance(raw, dict) else None
+    args = apps[0].setdefault("args", {}) if apps else raw
+    args.setdefault("server", {})["placement"] = "separate"
+    out.write_text(yaml.safe_dump(raw))
+    return out
 
 
 def bare_hop_server(base: str) -> dict:
@@ -522,7 +565,7 @@ def add_ratios(rows: list[Row]) -> None:
             if math.isfinite(ref.p99_ms) and ref.p99_ms > 0 and math.isfinite(row.result.p99_ms):
                 row.p99_vs_triton = row.result.p99_ms / ref.p99_ms
         base = plain.get(point)
-        if row.system == "ours" and base is not None and base.throughput_rps > 0:
+        if row.system.startswith("ours") and base is not None and base.throughput_rps > 0:
             row.rps_vs_plain = row.result.throughput_rps / base.throughput_rps
         ceiling = bare.get(point)
         if ceiling is not None and row.system != "bare-hop":
@@ -670,6 +713,78 @@ def evaluate_targets(rows: list[Row]) -> list[dict]:
     return targets
 
 
+def evaluate_realtime_targets(rows: list[Row], caps: list[dict]) -> list[dict]:
+    """The real-time targets, each met / missed / not measured with its figures: open-loop
+    p99 of ``/v1/decide`` and v2 infer at given rates (no errors), ``/v1/decide``
+    capacity (absolute and as a share of the bare hop's in the same run), and
+    ``placement: separate`` against colocated (closed loop at concurrency 32)."""
+    out = []
+
+    def at_rates(api: str, limits: dict[float, float]) -> None:
+        for rate, limit in limits.items():
+            name = f"{api} open loop {rate:,.0f}/s: p99 < {limit:g} ms, no errors"
+            r = _find(rows, "ours", api, "open", rate)
+            if r is None:
+                out.append({"target": name, "status": "not measured"})
+                continue
+            met = r.errors == 0 and r.incomplete == 0 and r.p99_ms < limit
+            detail = f"p99 {_ms(r.p99_ms)}, errors {r.errors + r.incomplete}"
+            bare = _find(rows, "bare-hop", api, "open", rate)
+            if bare is not None:
+                detail += f" (bare hop p99 {_ms(bare.p99_ms)})"
+            out.append({"target": name, "status": "met" if met else "missed", "detail": detail})
+
+    at_rates("decide", REALTIME_DECIDE_P99_MS)
+    by = {(c["system"], c["api"]): c for c in caps}
+    name = (
+        f"decide capacity >= {REALTIME_CAPACITY_RPS:,.0f}/s and >= "
+        f"{REALTIME_CAPACITY_VS_BARE:.0%} of the bare hop's"
+    )
+    ours, bare = by.get(("ours", "decide")), by.get(("bare-hop", "decide"))
+    if ours is None or bare is None:
+        out.append({"target": name, "status": "not measured"})
+    else:
+        cap, ref = ours["capacity_rps"] or 0.0, bare["capacity_rps"] or 0.0
+        share = cap / ref if ref else 0.0
+        met = (
+            cap >= REALTIME_CAPACITY_RPS
+            and ref > 0
+            and share >= REALTIME_CAPACITY_VS_BARE
+            and not bare["at_sweep_top"]
+        )
+        detail = f"ours {cap:,.0f}/s, bare hop {'>= ' if bare['at_sweep_top'] else ''}{ref:,.0f}/s"
+        if ref:
+            detail += f", {share:.2f}x"
+        if bare["at_sweep_top"] and cap >= REALTIME_CAPACITY_RPS:
+            detail += " (the bare hop passed the sweep's top rate: extend --decide-rates)"
+        out.append({"target": name, "status": "met" if met else "missed", "detail": detail})
+    at_rates("v2", REALTIME_V2_P99_MS)
+    name = (
+        f"placement separate: decide closed loop c={V2_TARGET_CONCURRENCY} >= "
+        f"{SEPARATE_RPS_SHARE:.0%} of colocated req/s, p99 <= {SEPARATE_P99_RATIO:g}x"
+    )
+    colo = _find(rows, "ours", "decide", "closed", V2_TARGET_CONCURRENCY)
+    sep = _find(rows, "ours-separate", "decide", "closed", V2_TARGET_CONCURRENCY)
+    if colo is None or sep is None or colo.throughput_rps <= 0:
+        out.append({"target": name, "status": "not measured"})
+    else:
+        share = sep.throughput_rps / colo.throughput_rps
+        p99_ratio = sep.p99_ms / colo.p99_ms if colo.p99_ms > 0 else math.inf
+        met = sep.errors == 0 and share >= SEPARATE_RPS_SHARE and p99_ratio <= SEPARATE_P99_RATIO
+        out.append(
+            {
+                "target": name,
+                "status": "met" if met else "missed",
+                "detail": (
+                    f"separate {sep.throughput_rps:,.0f} req/s p99 {_ms(sep.p99_ms)}; colocated "
+                    f"{colo.throughput_rps:,.0f} req/s p99 {_ms(colo.p99_ms)}; "
+                    f"{share:.2f}x req/s, {p99_ratio:.2f}x p99"
+                ),
+            }
+        )
+    return out
+
+
 def _find(rows: list[Row], system: str, api: str, mode: str, offered: float) -> LoadResult | None:
     for r in rows:
         if (r.system, r.api, r.result.mode, r.result.offered) == (system, api, mode, offered):
@@ -800,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     add_ratios(rows)
     targets = evaluate_targets(rows)
     caps = capacities(rows)
+    realtime = evaluate_realtime_targets(rows, caps)
 
     print(
         f"\nload benchmark: {os.cpu_count()} CPU(s), {platform.machine()}, "
@@ -817,6 +933,9 @@ def main(argv: list[str] | None = None) -> int:
     print_capacities(caps)
     print("\ntargets:")
     for t in targets:
+        print(f"  [{t['status']}] {t['target']}" + (f": {t['detail']}" if "detail" in t else ""))
+    print("\nreal-time targets:")
+    for t in realtime:
         print(f"  [{t['status']}] {t['target']}" + (f": {t['detail']}" if "detail" in t else ""))
     for f in failures:
         print(f"  [failed] {f}")
@@ -854,6 +973,7 @@ def main(argv: list[str] | None = None) -> int:
                     "bare_hop_server": work.get("bare_hop_server"),
                     "plot": str(plot) if plot is not None else None,
                     "targets": targets,
+                    "realtime_targets": realtime,
                     "failures": failures,
                     "v2_client_fallback": work.get("pa_fallback"),
                 },

@@ -177,7 +177,7 @@ def test_plot_needs_open_loop_points(tmp_path):
 
 def test_defaults_run_every_system_and_sweep_decide_past_the_knee():
     args = load.build_parser().parse_args([])
-    assert args.systems == ["ours", "plain-serve", "triton", "bare-hop"]
+    assert args.systems == ["ours", "ours-separate", "plain-serve", "triton", "bare-hop"]
     assert args.decide_rates == [500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0]
     assert args.plot_path is None and load.plot_path(args) is None
     args = load.build_parser().parse_args(["--systems", "bare-hop,ours"])

@@ -102,3 +102,67 @@ def test_table_shows_unanswered_as_inf(capsys):
     load.print_table([row])
     line = capsys.readouterr().out.splitlines()[-1]
     assert "inf" in line.split() and " 3 " in line
+
+
+def _realtime(rows):
+    return {
+        t["target"].split(":")[0]: t
+        for t in load.evaluate_realtime_targets(rows, load.capacities(rows))
+    }
+
+
+def test_realtime_targets_read_the_open_loop_points_and_the_capacity():
+    rows = [
+        load.Row("ours", "decide", result("open", 1000.0, 1000.0, 8.0)),
+        load.Row("ours", "decide", result("open", 2000.0, 2000.0, 16.0)),
+        load.Row("ours", "decide", result("open", 4000.0, 4000.0, 45.0)),
+        load.Row("bare-hop", "decide", result("open", 1000.0, 1000.0, 2.0)),
+        load.Row("bare-hop", "decide", result("open", 4000.0, 4000.0, 3.0)),
+        load.Row("bare-hop", "decide", result("open", 6000.0, 5000.0, 90.0)),
+        load.Row("ours", "decide", result("open", 6000.0, 3000.0, 400.0, errors=5)),
+    ]
+    got = _realtime(rows)
+    assert got["decide open loop 1,000/s"]["status"] == "met"
+    assert "bare hop p99 2.00 ms" in got["decide open loop 1,000/s"]["detail"]
+    assert got["decide open loop 2,000/s"]["status"] == "missed"  # 16 ms >= 15 ms
+    capacity = next(v for k, v in got.items() if k.startswith("decide capacity"))
+    # 4,000/s each: the absolute figure and the share of the bare hop's both hold.
+    assert capacity["status"] == "met" and "1.00x" in capacity["detail"], capacity
+    assert got["v2 open loop 2,000/s"]["status"] == "not measured"
+    separate = next(v for k, v in got.items() if k.startswith("placement separate"))
+    assert separate["status"] == "not measured"
+
+
+def test_realtime_capacity_needs_a_bare_hop_capacity_below_the_sweep_top():
+    rows = [
+        load.Row("ours", "decide", result("open", 4000.0, 4000.0, 20.0)),
+        load.Row("bare-hop", "decide", result("open", 4000.0, 4000.0, 2.0)),
+    ]
+    capacity = next(v for k, v in _realtime(rows).items() if k.startswith("decide capacity"))
+    # Both passed the top rate: the bare hop's ceiling is unknown, so the share is too.
+    assert capacity["status"] == "missed" and "extend --decide-rates" in capacity["detail"]
+
+
+@pytest.mark.parametrize(
+    ("sep_rps", "sep_p99", "status"),
+    [(900.0, 14.0, "met"), (800.0, 14.0, "missed"), (900.0, 16.0, "missed")],
+)
+def test_separate_placement_target_compares_closed_loop_at_32(sep_rps, sep_p99, status):
+    rows = [
+        load.Row("ours", "decide", result("closed", 32, 1000.0, 10.0)),
+        load.Row("ours-separate", "decide", result("closed", 32, sep_rps, sep_p99)),
+    ]
+    separate = next(v for k, v in _realtime(rows).items() if k.startswith("placement separate"))
+    assert separate["status"] == status, separate
+
+
+def test_separate_config_sets_only_the_placement(tmp_path):
+    import yaml
+
+    out = load.separate_config(None, tmp_path / "sep.yaml")
+    raw = yaml.safe_load(out.read_text())
+    default = yaml.safe_load((load.REPO_ROOT / "configs" / "default.yaml").read_text())
+    args = raw["applications"][0]["args"]
+    assert args["server"]["placement"] == "separate"
+    args["server"]["placement"] = default["applications"][0]["args"]["server"]["placement"]
+    assert raw == default
