@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -143,6 +144,8 @@ class _HttpConnection(asyncio.Protocol):
         self._buf = bytearray()
         self._waiter: asyncio.Future | None = None
         self.closed = False
+        # Whether the last error answer (status >= 400) carried a Retry-After header.
+        self.retry_after = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -162,6 +165,8 @@ class _HttpConnection(asyncio.Protocol):
             parsed = _parse_response(self._buf)
             if parsed is not None:
                 status, body, used, close = parsed
+                if status >= 400:
+                    self.retry_after = b"\r\nretry-after:" in bytes(self._buf[:used]).lower()
                 del self._buf[:used]
                 if close:
                     self.closed = True
@@ -434,7 +439,109 @@ async def _open_loop(
     return result
 
 
-def _run(coro_factory: Callable[[], object]) -> LoadResult:
+@dataclass
+class Trace:
+    """Every request of an open-loop run, in schedule order.
+
+    scheduled_s: send times (seconds from the run's start); latency_s: from the scheduled
+    send to the answer (``inf``: unanswered before the drain timeout, or the connection
+    failed); status: HTTP status (0: no answer); json_error: the body is a JSON object
+    with an ``"error"`` field; retry_after: an error answer carried ``Retry-After``.
+    """
+
+    scheduled_s: np.ndarray
+    latency_s: np.ndarray
+    status: np.ndarray
+    json_error: np.ndarray
+    retry_after: np.ndarray
+    # How late the client dispatched each request (seconds after its scheduled time;
+    # large values mean the client, not the server, was behind).
+    lag_s: np.ndarray
+
+
+async def _open_loop_trace(
+    target: HttpTarget, offsets: np.ndarray, max_connections: int, drain_s: float, timeout_s: float
+) -> Trace:
+    requests = target.encoded_requests()
+    n = len(offsets)
+    latency = np.full(n, np.inf)
+    status = np.zeros(n, dtype=np.int64)
+    json_error = np.zeros(n, dtype=bool)
+    retry_after = np.zeros(n, dtype=bool)
+    lag = np.zeros(n)
+    idle: asyncio.Queue[_HttpConnection] = asyncio.Queue()
+    conns: list[_HttpConnection] = []
+    for _ in range(min(max_connections, 64)):
+        conns.append(await _connect(target.host, target.port))
+        idle.put_nowait(conns[-1])
+    n_open = len(conns)
+    t0 = time.perf_counter() + 0.01
+    pending: set[asyncio.Task] = set()
+
+    async def fire(i: int) -> None:
+        nonlocal n_open
+        if idle.empty() and n_open < max_connections:
+            n_open += 1
+            conn = _HttpConnection()
+            conn.closed = True
+        else:
+            conn = await idle.get()
+        try:
+            if conn.closed:
+                conn = await _connect(target.host, target.port)
+                conns.append(conn)
+            code, body = await asyncio.wait_for(conn.send(requests[i % len(requests)]), timeout_s)
+        except (OSError, ConnectionError, TimeoutError):
+            conn.close()
+            idle.put_nowait(conn)
+            return
+        latency[i] = time.perf_counter() - (t0 + offsets[i])
+        status[i] = code
+        if code >= 400:
+            json_error[i] = body.startswith(b"{") and b'"error"' in body
+            retry_after[i] = conn.retry_after
+        idle.put_nowait(conn)
+
+    i = 0
+    while i < n:
+        now = time.perf_counter()
+        if t0 + offsets[i] > now:
+            await asyncio.sleep(t0 + offsets[i] - now)
+            now = time.perf_counter()
+        while i < n and t0 + offsets[i] <= now:
+            lag[i] = now - (t0 + offsets[i])
+            task = asyncio.ensure_future(fire(i))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+    if pending:
+        _, still = await asyncio.wait(set(pending), timeout=drain_s)
+        for task in still:
+            task.cancel()
+    for c in conns:
+        c.close()
+    return Trace(
+        np.asarray(offsets, dtype=np.float64), latency, status, json_error, retry_after, lag
+    )
+
+
+def open_loop_trace(
+    target: HttpTarget,
+    offsets: np.ndarray,
+    max_connections: int = 512,
+    drain_s: float = 10.0,
+    timeout_s: float = 30.0,
+) -> Trace:
+    """Send at ``offsets`` (seconds from start, increasing; e.g. ``poisson_schedule``
+    pieces at several rates) and record every request (``Trace``); latency from the
+    scheduled send time."""
+    offsets = np.asarray(offsets, dtype=np.float64)
+    if offsets.ndim != 1 or len(offsets) == 0 or np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must be a non-empty increasing 1-D array of seconds")
+    return _run(lambda: _open_loop_trace(target, offsets, max_connections, drain_s, timeout_s))
+
+
+def _run(coro_factory: Callable[[], object]) -> Any:
     try:
         import uvloop
     except ImportError:  # plain asyncio works, with a slower client

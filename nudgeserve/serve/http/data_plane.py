@@ -126,10 +126,16 @@ class DataPlane:
         self.loop.call_later(METRICS_INTERVAL_S, self._flush_metrics)
 
     def predicted_wait_s(self) -> float:
-        batchers = [
-            b for s in self.router.scorers.values() for b in getattr(s, "batchers", {}).values()
-        ]
-        return predicted_wait_s(batchers)
+        """The longest wait a request admitted now is predicted to see before its answer
+        can leave: its batcher's queue, or the decision log's backlog (the age of the
+        oldest batch still waiting for its commit), whichever is longer."""
+        scorers = self.router.scorers.values()
+        wait = predicted_wait_s([b for s in scorers for b in getattr(s, "batchers", {}).values()])
+        for scorer in scorers:
+            commit_wait = getattr(scorer, "commit_wait_s", None)
+            if commit_wait is not None:
+                wait = max(wait, commit_wait())
+        return wait
 
     def _flush_metrics(self) -> None:
         m = self.router.metrics

@@ -13,6 +13,7 @@ serving logic (``serving``, ``kserve``) and items to the scorers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Any
@@ -107,6 +108,9 @@ class UseCaseScorer:
         self.metrics = ray_metrics()
         self._tags = {"use_case": settings.name}
         self._waiting = 0
+        # Batches queued on the log and not yet committed, oldest first: (queued at,
+        # commit future). The writer commits in order, so done ones leave from the left.
+        self._commits: collections.deque[tuple[float, asyncio.Future]] = collections.deque()
         batching = settings.batching
         self.batchers = {
             method: MicroBatcher(
@@ -334,7 +338,20 @@ class UseCaseScorer:
         # Every request of the batch awaits it; if all of them were cancelled meanwhile,
         # the outcome is still taken (no "exception never retrieved").
         committed.add_done_callback(_take_outcome)
+        self._commits.append((time.perf_counter(), committed))
+        committed.add_done_callback(self._commit_done)
         return committed
+
+    def _commit_done(self, _: asyncio.Future) -> None:
+        commits = self._commits
+        while commits and commits[0][1].done():
+            commits.popleft()
+
+    def commit_wait_s(self) -> float:
+        """How long the oldest batch still waiting for its commit has waited (0: none):
+        the decision log's backlog, which admission counts with the batchers' waits."""
+        commits = self._commits
+        return time.perf_counter() - commits[0][0] if commits else 0.0
 
     def close(self) -> None:
         """Stop the learner feed and drain and close the decision log this scorer owns

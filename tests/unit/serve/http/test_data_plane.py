@@ -200,6 +200,27 @@ def test_predicted_wait_reads_the_scorers_batchers(planes):
     assert plane.predicted_wait_s() == 0.0  # idle: a new call's batch starts at once
 
 
+class Backlogged(Scorer):
+    """A scorer whose decision log has had a batch waiting for its commit so long."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__({})
+        self.seconds = seconds
+
+    def commit_wait_s(self) -> float:
+        return self.seconds
+
+
+def test_predicted_wait_counts_the_decision_logs_backlog(planes):
+    router = TinyRouter({"a": Scorer({"x": FixedWait(0.01)}), "b": Backlogged(0.3)})
+    plane = planes(router, budget_s=0.05)
+    assert plane.predicted_wait_s() == 0.3  # the log's backlog is the longer wait
+    assert request(port_of(plane), "POST", "/v1/decide", b"{}")[0] == 503
+    router.scorers["b"].seconds = 0.0
+    assert plane.predicted_wait_s() == 0.01
+    assert request(port_of(plane), "POST", "/v1/decide", b"{}")[0] == 200
+
+
 def test_drain_refuses_new_requests_and_marks_the_router(planes):
     router = TinyRouter()
     plane = planes(router)

@@ -234,11 +234,16 @@ def test_the_next_batch_scores_while_the_previous_one_commits(tmp_path):
             second = asyncio.create_task(scorer.decide(prepared[1][0]))
             await until_idle()  # the second batch ran while the first one's commit waits
             assert not first.done() and not second.done()
+            # The log's backlog, as admission sees it: the first batch's wait so far.
+            waited = scorer.commit_wait_s()
+            await asyncio.sleep(0.05)
+            assert scorer.commit_wait_s() >= waited + 0.04
             lock.execute("COMMIT")
             lock.close()
             return await asyncio.gather(first, second)
 
         outcomes = asyncio.run(main())
+        assert scorer.commit_wait_s() == 0.0  # every batch committed: no backlog
         for (_, pending), outcome in zip(prepared, outcomes, strict=True):
             record = scorer.log.get_decision(pending.decision_id)
             assert record is not None
