@@ -193,7 +193,7 @@ def run_closed_loop(
     duration_s: float,
     input_data: Path,
     csv_path: Path,
-    timeout_s: float = 300.0,
+    timeout_s: float = 120.0,
 ) -> LoadResult:
     """Drive ``model`` at ``url`` (``host:port``) with ``concurrency`` synchronous clients.
 
@@ -225,9 +225,20 @@ def run_closed_loop(
         "-f",
         str(csv_path),
     ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=pa.env(), timeout=timeout_s, check=False
-    )
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=pa.env(), timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        # A hung client must cost one point, not the run.
+        return LoadResult(
+            "closed",
+            concurrency,
+            duration_s,
+            errors=1,
+            tool="perf_analyzer",
+            first_error=f"perf_analyzer did not finish within {timeout_s:g} s",
+        )
     if proc.returncode != 0 or not csv_path.exists():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
         return LoadResult(

@@ -102,7 +102,8 @@ class MicroBatcher(Generic[T, R]):
         self.model = ServiceModel()
         self._queue: collections.deque[tuple[T, asyncio.Future, float]] = collections.deque()
         self._running = False
-        self._batch_end = 0.0  # predicted end of the running batch (clock seconds)
+        # Predicted ends (clock seconds) of the batches running now, at most ``concurrency``.
+        self._ends: list[float] = []
         self._on_batch = on_batch
         self._clock = clock
 
@@ -113,15 +114,20 @@ class MicroBatcher(Generic[T, R]):
     @property
     def idle(self) -> bool:
         """No batch is running and no call waits for one."""
-        return not self._running and not self._queue
+        return not self._running and not self._queue and not self._ends
 
     def predicted_wait_s(self) -> float:
         """How long a call made now would wait before its batch starts (seconds,
-        predicted): the rest of the running batch plus the full batches queued ahead of
-        it. Its own batch's service time is not counted: shedding cannot shorten it."""
-        remaining = max(self._batch_end - self._clock(), 0.0) if self._running else 0.0
+        predicted): until a batch slot is free (the earliest end among the running
+        batches when all ``concurrency`` slots are busy, else none) plus the full batches
+        queued ahead of it, ``concurrency`` of them at a time. Its own batch's service
+        time is not counted: shedding cannot shorten it."""
+        ends = self._ends
+        remaining = 0.0
+        if len(ends) >= self.concurrency:
+            remaining = max(min(ends) - self._clock(), 0.0)
         full = len(self._queue) // self.max_batch_size
-        return remaining + full * self.model.seconds(self.max_batch_size)
+        return remaining + full * self.model.seconds(self.max_batch_size) / self.concurrency
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -141,17 +147,23 @@ class MicroBatcher(Generic[T, R]):
     async def _drain(self) -> None:
         try:
             while self._queue:
+                if self.concurrency > 1:
+                    # Wait for a slot first: the calls stay queued (and counted by
+                    # ``predicted_wait_s``) until a batch can start, and it takes all that
+                    # arrived meanwhile.
+                    await self._slots.acquire()
                 batch: list[tuple[T, asyncio.Future, float]] = []
                 while self._queue and len(batch) < self.max_batch_size:
                     entry = self._queue.popleft()
                     if not entry[1].done():  # a caller that gave up is not computed
                         batch.append(entry)
-                if not batch:
-                    continue
                 if self.concurrency == 1:
-                    await self._run(batch)
+                    if batch:
+                        await self._run(batch)
                     continue
-                await self._slots.acquire()
+                if not batch:
+                    self._slots.release()
+                    continue
                 asyncio.get_running_loop().create_task(self._run_and_release(batch))
         finally:
             self._running = False
@@ -164,7 +176,8 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self, batch: list[tuple[T, asyncio.Future, float]]) -> None:
         start = self._clock()
-        self._batch_end = start + self.model.seconds(len(batch))
+        predicted_end = start + self.model.seconds(len(batch))
+        self._ends.append(predicted_end)
         items = [entry[0] for entry in batch]
         try:
             results = await self.run_batch(items)
@@ -178,6 +191,8 @@ class MicroBatcher(Generic[T, R]):
             for (_, future, _), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+        finally:
+            self._ends.remove(predicted_end)
         end = self._clock()
         self.model.add(len(batch), end - start)
         if self._on_batch is not None:

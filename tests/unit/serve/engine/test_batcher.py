@@ -334,6 +334,40 @@ def test_predicted_wait_counts_the_running_batch_and_full_batches_ahead():
     assert batcher.predicted_wait_s() == 0.0
 
 
+def test_predicted_wait_with_free_slots_is_only_the_full_batches_ahead():
+    """concurrency > 1 (batches that are calls to other processes): a new call waits for
+    a slot only when every slot is busy, and full batches ahead share the slots."""
+    clock = FakeClock(5.0)
+
+    async def main():
+        run = Recorder()
+        run.gate = asyncio.Event()
+        batcher = MicroBatcher(run, max_batch_size=2, concurrency=2, clock=clock)
+        model = batcher.model
+        model.a, model.b = 0.01, 0.0
+        first = asyncio.create_task(batcher.submit(0))
+        await settle()
+        # One batch running, one slot free: a new call would start at once.
+        assert len(run.batches) == 1 and batcher.predicted_wait_s() == 0.0
+        second = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await settle()
+        assert len(run.batches) == 2  # both slots busy now
+        clock.t += 0.004
+        assert batcher.predicted_wait_s() == pytest.approx(0.006)  # the earliest end
+        queued = [asyncio.create_task(batcher.submit(i)) for i in range(3, 8)]
+        await settle()
+        # Five waiting: two full batches ahead, two slots: one batch time more.
+        assert len(batcher) == 5
+        assert batcher.predicted_wait_s() == pytest.approx(0.006 + 2 * 0.01 / 2)
+        assert not batcher.idle
+        run.gate.set()
+        await asyncio.gather(first, *second, *queued)
+        await settle()
+        assert batcher.idle and batcher.predicted_wait_s() == 0.0
+
+    asyncio.run(main())
+
+
 def test_service_model_bounds_one_outlier():
     model = ServiceModel(a=0.001, b=0.0)
     model.add(1, 5.0)  # a 5 s pause: counted as at most 4x the prediction
