@@ -348,35 +348,42 @@ def poisson_schedule(rate: float, horizon_s: float, seed: int) -> np.ndarray:
     return offsets[offsets < horizon_s]
 
 
-async def _open_loop(
+async def _send_on_schedule(
     target: HttpTarget,
-    rate: float,
-    duration_s: float,
-    warmup_s: float,
+    offsets: np.ndarray,
+    opened: int,
     max_connections: int,
     drain_s: float,
-    seed: int,
     timeout_s: float,
-) -> LoadResult:
+    started: Callable[[float], None],
+    answered: Callable[[int, float, int, bytes, _HttpConnection], None],
+    failed: Callable[[int, float, BaseException], None],
+) -> np.ndarray:
+    """The open-loop engine: send request ``i`` at ``t0 + offsets[i]`` on keep-alive
+    connections (``opened`` opened up front, so set-up is not charged to the first
+    requests; more while fewer than ``max_connections`` are open, else wait for an idle
+    one: that wait is part of the request's latency). ``started(t0)`` is called before the
+    first send; ``answered(i, scheduled, status, body, conn)`` when request i is answered
+    (``time.perf_counter()`` is its completion), ``failed(i, scheduled, exc)`` when its
+    connection failed. Requests still running ``drain_s`` after the last send are
+    cancelled. Returns how late each request was dispatched (seconds)."""
     requests = target.encoded_requests()
-    offsets = poisson_schedule(rate, warmup_s + duration_s, seed)
     idle: asyncio.Queue[_HttpConnection] = asyncio.Queue()
-    # Open the pool up front so connection set-up is not charged to the first requests.
-    opened = min(max_connections, max(8, int(rate * 0.05)))
     all_conns: list[_HttpConnection] = []
     for _ in range(opened):
         all_conns.append(await _connect(target.host, target.port))
         idle.put_nowait(all_conns[-1])
     n_open = opened
     t0 = time.perf_counter() + 0.01
-    rec = _Recorder(t0 + warmup_s, t0 + warmup_s + duration_s)
-    lags: list[float] = []
+    started(t0)
+    schedule = t0 + np.asarray(offsets, dtype=np.float64)
+    n = len(schedule)
+    lags = np.zeros(n)
     pending: set[asyncio.Task] = set()
 
-    async def fire(i: int, scheduled: float) -> None:
+    async def fire(i: int) -> None:
         nonlocal n_open
-        # Waiting for a free connection is part of the request's latency: it is measured
-        # from the scheduled send time.
+        scheduled = float(schedule[i])
         if idle.empty() and n_open < max_connections:
             n_open += 1
             conn = _HttpConnection()
@@ -390,16 +397,13 @@ async def _open_loop(
             status, body = await asyncio.wait_for(conn.send(requests[i % len(requests)]), timeout_s)
         except (OSError, ConnectionError, TimeoutError) as exc:
             conn.close()
-            if scheduled >= rec.window_start:
-                rec.error(f"{type(exc).__name__}: {exc}")
+            failed(i, scheduled, exc)
             idle.put_nowait(conn)
             return
-        rec.record(scheduled, time.perf_counter(), status, body)
+        answered(i, scheduled, status, body, conn)
         idle.put_nowait(conn)
 
-    schedule = t0 + offsets
     i = 0
-    n = len(schedule)
     while i < n:
         now = time.perf_counter()
         if schedule[i] > now:
@@ -407,21 +411,60 @@ async def _open_loop(
             now = time.perf_counter()
         # Fire everything that is due (the loop may have woken late).
         while i < n and schedule[i] <= now:
-            if schedule[i] >= rec.window_start:
-                lags.append(now - schedule[i])
-            task = asyncio.ensure_future(fire(i, float(schedule[i])))
+            lags[i] = now - schedule[i]
+            task = asyncio.ensure_future(fire(i))
             pending.add(task)
             task.add_done_callback(pending.discard)
             i += 1
-    measured_scheduled = int(np.count_nonzero(schedule >= rec.window_start))
     if pending:
         _, still = await asyncio.wait(set(pending), timeout=drain_s)
         for task in still:
             task.cancel()
     for c in all_conns:
         c.close()
-    answered = len(rec.latencies) + rec.errors
-    incomplete = max(0, measured_scheduled - answered)
+    return lags
+
+
+async def _open_loop(
+    target: HttpTarget,
+    rate: float,
+    duration_s: float,
+    warmup_s: float,
+    max_connections: int,
+    drain_s: float,
+    seed: int,
+    timeout_s: float,
+) -> LoadResult:
+    offsets = poisson_schedule(rate, warmup_s + duration_s, seed)
+    recorders: list[_Recorder] = []
+
+    def started(t0: float) -> None:
+        recorders.append(_Recorder(t0 + warmup_s, t0 + warmup_s + duration_s))
+
+    def answered(i: int, scheduled: float, status: int, body: bytes, conn) -> None:
+        recorders[0].record(scheduled, time.perf_counter(), status, body)
+
+    def failed(i: int, scheduled: float, exc: BaseException) -> None:
+        if scheduled >= recorders[0].window_start:
+            recorders[0].error(f"{type(exc).__name__}: {exc}")
+
+    lag_all = await _send_on_schedule(
+        target,
+        offsets,
+        min(max_connections, max(8, int(rate * 0.05))),
+        max_connections,
+        drain_s,
+        timeout_s,
+        started,
+        answered,
+        failed,
+    )
+    rec = recorders[0]
+    measured = offsets >= warmup_s  # scheduled inside the measurement window
+    lags = lag_all[measured]
+    measured_scheduled = int(np.count_nonzero(measured))
+    answered_n = len(rec.latencies) + rec.errors
+    incomplete = max(0, measured_scheduled - answered_n)
     lat = np.array(rec.latencies + [math.inf] * incomplete)
     result = LoadResult(
         "open",
@@ -432,7 +475,7 @@ async def _open_loop(
         incomplete=incomplete,
         first_error=rec.first_error,
         throughput_rps=rec.completed_in_window / duration_s,
-        client_lag_p99_ms=float(np.percentile(lags, 99) * 1e3) if lags else None,
+        client_lag_p99_ms=float(np.percentile(lags, 99) * 1e3) if len(lags) else None,
     )
     for k, v in latency_summary(lat).items():
         setattr(result, k, v)
@@ -462,64 +505,30 @@ class Trace:
 async def _open_loop_trace(
     target: HttpTarget, offsets: np.ndarray, max_connections: int, drain_s: float, timeout_s: float
 ) -> Trace:
-    requests = target.encoded_requests()
     n = len(offsets)
     latency = np.full(n, np.inf)
     status = np.zeros(n, dtype=np.int64)
     json_error = np.zeros(n, dtype=bool)
     retry_after = np.zeros(n, dtype=bool)
-    lag = np.zeros(n)
-    idle: asyncio.Queue[_HttpConnection] = asyncio.Queue()
-    conns: list[_HttpConnection] = []
-    for _ in range(min(max_connections, 64)):
-        conns.append(await _connect(target.host, target.port))
-        idle.put_nowait(conns[-1])
-    n_open = len(conns)
-    t0 = time.perf_counter() + 0.01
-    pending: set[asyncio.Task] = set()
 
-    async def fire(i: int) -> None:
-        nonlocal n_open
-        if idle.empty() and n_open < max_connections:
-            n_open += 1
-            conn = _HttpConnection()
-            conn.closed = True
-        else:
-            conn = await idle.get()
-        try:
-            if conn.closed:
-                conn = await _connect(target.host, target.port)
-                conns.append(conn)
-            code, body = await asyncio.wait_for(conn.send(requests[i % len(requests)]), timeout_s)
-        except (OSError, ConnectionError, TimeoutError):
-            conn.close()
-            idle.put_nowait(conn)
-            return
-        latency[i] = time.perf_counter() - (t0 + offsets[i])
+    def answered(i: int, scheduled: float, code: int, body: bytes, conn) -> None:
+        latency[i] = time.perf_counter() - scheduled
         status[i] = code
         if code >= 400:
             json_error[i] = body.startswith(b"{") and b'"error"' in body
             retry_after[i] = conn.retry_after
-        idle.put_nowait(conn)
 
-    i = 0
-    while i < n:
-        now = time.perf_counter()
-        if t0 + offsets[i] > now:
-            await asyncio.sleep(t0 + offsets[i] - now)
-            now = time.perf_counter()
-        while i < n and t0 + offsets[i] <= now:
-            lag[i] = now - (t0 + offsets[i])
-            task = asyncio.ensure_future(fire(i))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            i += 1
-    if pending:
-        _, still = await asyncio.wait(set(pending), timeout=drain_s)
-        for task in still:
-            task.cancel()
-    for c in conns:
-        c.close()
+    lag = await _send_on_schedule(
+        target,
+        offsets,
+        min(max_connections, 64),
+        max_connections,
+        drain_s,
+        timeout_s,
+        lambda t0: None,
+        answered,
+        lambda i, scheduled, exc: None,  # no answer: status 0, latency inf
+    )
     return Trace(
         np.asarray(offsets, dtype=np.float64), latency, status, json_error, retry_after, lag
     )

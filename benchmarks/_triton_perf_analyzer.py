@@ -225,30 +225,22 @@ def run_closed_loop(
         "-f",
         str(csv_path),
     ]
+
+    def failed(why: str) -> LoadResult:
+        return LoadResult(
+            "closed", concurrency, duration_s, errors=1, tool="perf_analyzer", first_error=why
+        )
+
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env=pa.env(), timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired:
         # A hung client must cost one point, not the run.
-        return LoadResult(
-            "closed",
-            concurrency,
-            duration_s,
-            errors=1,
-            tool="perf_analyzer",
-            first_error=f"perf_analyzer did not finish within {timeout_s:g} s",
-        )
+        return failed(f"perf_analyzer did not finish within {timeout_s:g} s")
     if proc.returncode != 0 or not csv_path.exists():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        return LoadResult(
-            "closed",
-            concurrency,
-            duration_s,
-            errors=1,
-            tool="perf_analyzer",
-            first_error=f"perf_analyzer exit {proc.returncode}: {tail}",
-        )
+        return failed(f"perf_analyzer exit {proc.returncode}: {tail}")
     row = parse_csv(csv_path.read_text())[-1]
     result = LoadResult(
         "closed",
